@@ -1,0 +1,1 @@
+"""Data sources, conversion to ArrayRecord and Grain pipelines."""

@@ -1,0 +1,1 @@
+"""Flax NNX models: 2D classifiers, 3D backbones, the universal head, the text encoder."""

@@ -49,7 +49,8 @@ def _plain_dtype(dt: Any, filename: str) -> np.dtype:
   """
   if not isinstance(dt, np.dtype):
     raise UnsafePickleError(f"{filename}: array dtype is a {type(dt).__name__}, not a numpy dtype")
-  if dt.hasobject or dt.fields is not None or dt.subdtype is not None or dt.kind not in _PLAIN_KINDS:
+  if (dt.hasobject or dt.fields is not None or dt.subdtype is not None
+      or dt.kind not in _PLAIN_KINDS):
     raise UnsafePickleError(
         f"{filename}: refused array dtype {dt!r} (only plain numeric/bytes dtypes are allowed)")
   fresh = np.dtype(dt.str)

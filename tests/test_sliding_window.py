@@ -33,13 +33,13 @@ def window_ramp(params, x):
 def test_identity_odd_volume(accumulate_on):
   rng = np.random.default_rng(0)
   vol = rng.normal(size=(23, 17, 30)).astype(np.float32)
-  out = sw.sliding_window_inference(identity, None, vol, window=(8, 8, 8), overlap=0.5,
+  out = sw.sliding_window_inference(identity, vol, window=(8, 8, 8), overlap=0.5,
                                     sw_batch_size=5, output="logits", accumulate_on=accumulate_on)
   out = np.asarray(out)
   assert out.shape == (23, 17, 30, C)
   for c in range(C):
     np.testing.assert_allclose(out[..., c], vol * (c + 1), rtol=1e-5, atol=1e-5)
-  probs = sw.sliding_window_inference(identity, None, vol, window=(8, 8, 8), overlap=0.5,
+  probs = sw.sliding_window_inference(identity, vol, window=(8, 8, 8), overlap=0.5,
                                       sw_batch_size=5, output="probs",
                                       accumulate_on=accumulate_on)
   np.testing.assert_allclose(np.asarray(probs)[..., 0], 1 / (1 + np.exp(-vol)), atol=1e-6)
@@ -48,14 +48,14 @@ def test_identity_odd_volume(accumulate_on):
 @pytest.mark.parametrize("accumulate_on", ["device", "host"])
 def test_constant_and_small_volume_padding(accumulate_on):
   vol = np.zeros((5, 9, 3), np.float32)  # smaller than the window along two axes
-  out = sw.sliding_window_inference(constant, 2.5, vol, window=(8, 8, 8), overlap=0.25,
+  out = sw.sliding_window_inference(constant, vol, params=2.5, window=(8, 8, 8), overlap=0.25,
                                     sw_batch_size=2, output="logits", accumulate_on=accumulate_on)
   assert out.shape == (5, 9, 3, C)
   np.testing.assert_allclose(np.asarray(out), 2.5, rtol=1e-6)
   # The padding is cropped exactly: the identity still returns the input.
   rng = np.random.default_rng(1)
   vol = rng.normal(size=(5, 9, 3)).astype(np.float32)
-  out = sw.sliding_window_inference(identity, None, vol, window=(8, 8, 8), overlap=0.5,
+  out = sw.sliding_window_inference(identity, vol, window=(8, 8, 8), overlap=0.5,
                                     output="logits", accumulate_on=accumulate_on)
   np.testing.assert_allclose(np.asarray(out)[..., 0], vol, rtol=1e-5, atol=1e-6)
 
@@ -89,9 +89,9 @@ def test_weighting_matches_numpy_and_host_equals_device():
     return x[..., None] * (1.0 + ramp) + np.arange(C)
 
   kwargs = dict(window=window, overlap=0.5, sw_batch_size=3, output="logits")
-  dev = np.asarray(sw.sliding_window_inference(window_ramp, None, vol, accumulate_on="device",
+  dev = np.asarray(sw.sliding_window_inference(window_ramp, vol, accumulate_on="device",
                                                **kwargs))
-  host = sw.sliding_window_inference(window_ramp, None, vol, accumulate_on="host", **kwargs)
+  host = sw.sliding_window_inference(window_ramp, vol, accumulate_on="host", **kwargs)
   assert isinstance(host, np.ndarray)
   np.testing.assert_allclose(dev, host, rtol=1e-5, atol=1e-5)
   np.testing.assert_allclose(dev, _numpy_stitch(ramp_np, vol, window, 0.5), rtol=1e-5, atol=1e-5)
@@ -103,7 +103,7 @@ def test_no_recompiles_across_windows_or_volumes():
   for shape in [(23, 17, 30), (11, 20, 9)]:  # many batches, a padded last batch, new shapes
     vol = rng.normal(size=shape).astype(np.float32)
     for where in ["device", "host"]:
-      out = sw.sliding_window_inference(traced, None, vol, window=(8, 8, 8), overlap=0.5,
+      out = sw.sliding_window_inference(traced, vol, window=(8, 8, 8), overlap=0.5,
                                         sw_batch_size=4, output="logits", accumulate_on=where)
       np.testing.assert_allclose(np.asarray(out)[..., 0], vol, atol=1e-5)
 
@@ -145,8 +145,8 @@ def test_choose_accumulator():
 def test_bad_arguments():
   vol = np.zeros((8, 8, 8), np.float32)
   with pytest.raises(ValueError, match="accumulate_on"):
-    sw.sliding_window_inference(identity, None, vol, window=(8, 8, 8), accumulate_on="gpu")
+    sw.sliding_window_inference(identity, vol, window=(8, 8, 8), accumulate_on="gpu")
   with pytest.raises(ValueError, match="window"):
-    sw.sliding_window_inference(identity, None, vol, window=(8, 8))
+    sw.sliding_window_inference(identity, vol, window=(8, 8))
   with pytest.raises(ValueError, match="volume"):
-    sw.sliding_window_inference(identity, None, np.zeros((2, 8, 8, 8, 1)), window=(8, 8, 8))
+    sw.sliding_window_inference(identity, np.zeros((2, 8, 8, 8, 1)), window=(8, 8, 8))

@@ -150,8 +150,8 @@ _normalise_cropped = jax.jit(_normalise, static_argnames=("crop",))
 
 
 def sliding_window_inference(
-    apply_fn: ApplyFn, params: Any, volume: np.ndarray | jax.Array, *,
-    window: Sequence[int], overlap: float = 0.5, sw_batch_size: int = 4,
+    apply_fn: ApplyFn, volume: np.ndarray | jax.Array, *, window: Sequence[int],
+    params: Any = None, overlap: float = 0.5, sw_batch_size: int = 4,
     output: Literal["probs", "logits"] = "probs", accumulate_on: Accumulate = "auto",
     sigma_scale: float = 0.125, pad_value: float = 0.0, device: jax.Device | None = None,
     reserve_bytes: int = 0) -> np.ndarray | jax.Array:
@@ -161,10 +161,11 @@ def sliding_window_inference(
     apply_fn: `apply_fn(params, windows)` maps (n, wd, wh, ww, C_in) to (n, wd, wh, ww, C)
       logits. It must be hashable (a function, not a fresh lambda per call, if you want the
       compiled step reused across volumes): it is a static argument of the jitted step.
-    params: any pytree passed to apply_fn as an argument (not baked into the program).
     volume: (D, H, W) or (D, H, W, C_in) float.
     window: (wd, wh, ww). Axes smaller than the window are padded with pad_value (centred) and
       the padding is cropped from the result.
+    params: any pytree passed to apply_fn as an argument (not baked into the program as
+      constants, so new weights do not recompile).
     overlap: fraction of the window shared by neighbours along each axis, in [0, 1).
     sw_batch_size: windows per model call; the last batch is padded to this size.
     output: 'probs' averages sigmoid probabilities, 'logits' averages logits.

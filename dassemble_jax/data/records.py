@@ -28,7 +28,7 @@ def encode(record: Mapping[str, np.ndarray | int | float]) -> bytes:
   chunks = []
   offset = 0
   for name, value in record.items():
-    arr = np.ascontiguousarray(np.asarray(value))
+    arr = np.asarray(value)  # tobytes() below is C-order; ascontiguousarray would make 0-d 1-d
     if arr.dtype == object:
       raise TypeError(f"record field {name!r} has dtype object; only numeric arrays are stored")
     raw = arr.tobytes()
@@ -58,5 +58,5 @@ def decode(data: bytes) -> dict[str, np.ndarray]:
       raise RecordFormatError(f"record field {field['name']!r} is truncated")
     arr = np.frombuffer(data, dtype=np.dtype(field["dtype"]), count=-1,
                         offset=begin) if field["nbytes"] else np.zeros(0, field["dtype"])
-    out[field["name"]] = arr[: int(np.prod(field["shape"]))].reshape(field["shape"])
+    out[field["name"]] = arr[: int(np.prod(field["shape"]))].reshape(tuple(field["shape"]))
   return out

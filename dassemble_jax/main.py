@@ -1,0 +1,52 @@
+"""Entry point: python -m dassemble_jax.main --config=configs/X.py[:arg] --workdir=DIR.
+
+Initialises multi-host JAX (auto-detected on Cloud TPU and SLURM; explicit coordinator flags
+otherwise), then runs the job the config names. Tests and notebooks call the job functions
+directly, never this module.
+"""
+
+from absl import app
+from absl import logging
+from absl import flags
+from ml_collections import config_flags
+
+import jax
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints, logs and results go here.")
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None,
+                                   "host:port of process 0 (multi-process runs without a cluster "
+                                   "manager); also needs --num_processes and --process_id.")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Total processes.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
+_DISTRIBUTED = flags.DEFINE_enum("distributed", "auto", ["auto", "on", "off"],
+                                 "'auto': initialise when a cluster (Cloud TPU, SLURM) or a "
+                                 "coordinator is detected; 'on': always; 'off': single process.")
+
+
+def _init_distributed() -> None:
+  from dassemble_jax import distributed
+  distributed.initialize(mode=_DISTRIBUTED.value, coordinator_address=_COORDINATOR.value,
+                         num_processes=_NUM_PROCESSES.value, process_id=_PROCESS_ID.value)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  # Orbax logs every save and restore at INFO; our own progress lines are what people read.
+  logging.set_verbosity(logging.WARNING)
+  _init_distributed()
+  config = _CONFIG.value
+  job = config.get("job", "classification")
+  if job == "classification":
+    from dassemble_jax import train
+    train.train_and_evaluate(config, _WORKDIR.value)
+  else:
+    raise app.UsageError(f"unknown job {job!r} in the config")
+
+
+if __name__ == "__main__":
+  flags.mark_flags_as_required(["config", "workdir"])
+  jax.config.config_with_absl()
+  app.run(main)

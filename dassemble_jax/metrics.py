@@ -1,0 +1,46 @@
+"""Per-class ROC AUC with masks for unknown labels, computed on the host in float64."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import scipy.stats
+
+
+def roc_auc(scores: np.ndarray, targets: np.ndarray) -> float:
+  """ROC AUC of one class (Mann-Whitney U with midranks for ties); NaN if one class is absent."""
+  scores = np.asarray(scores, np.float64)
+  targets = np.asarray(targets) > 0.5
+  n_pos = int(targets.sum())
+  n_neg = targets.size - n_pos
+  if n_pos == 0 or n_neg == 0:
+    return float("nan")
+  ranks = scipy.stats.rankdata(scores)  # average ranks for ties
+  u = ranks[targets].sum() - n_pos * (n_pos + 1) / 2.0
+  return float(u / (n_pos * n_neg))
+
+
+def per_class_auc(scores: np.ndarray, targets: np.ndarray,
+                  known: np.ndarray | None = None) -> np.ndarray:
+  """AUC per class over the examples where that class is known. Shapes (N, C) -> (C,)."""
+  scores, targets = np.asarray(scores), np.asarray(targets)
+  known = np.ones_like(targets) if known is None else np.asarray(known)
+  out = np.full(scores.shape[1], np.nan)
+  for c in range(scores.shape[1]):
+    rows = known[:, c] > 0.5
+    out[c] = roc_auc(scores[rows, c], targets[rows, c])
+  return out
+
+
+def format_auc_table(class_names: Sequence[str], columns: dict[str, np.ndarray]) -> str:
+  """A markdown table of per-class AUC (in %) with one column per run; NaN shows as '-'."""
+  names = list(columns)
+  lines = ["| class | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+  for i, c in enumerate(class_names):
+    cells = [("-" if np.isnan(columns[n][i]) else f"{100 * columns[n][i]:.2f}") for n in names]
+    lines.append(f"| {c} | " + " | ".join(cells) + " |")
+  means = [np.nanmean(columns[n]) if np.isfinite(columns[n]).any() else np.nan for n in names]
+  lines.append("| mean | " + " | ".join("-" if np.isnan(m) else f"{100 * m:.2f}"
+                                         for m in means) + " |")
+  return "\n".join(lines)

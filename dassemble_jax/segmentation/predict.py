@@ -1,0 +1,265 @@
+"""Whole-scan prediction plumbing: NIfTI in, label-map NIfTI (and optional per-class files) out.
+
+The path of one scan, independent of which trained model is used:
+  load (file orientation) -> reorient to RAS -> resample to the model spacing -> scale HU ->
+  sliding window (probabilities) -> thresholds -> post-processing -> back to the file's own grid
+  (nearest) -> write a uint8 label map with the file's affine, so it overlays the input in
+  3D Slicer / ITK-SNAP.
+
+NIfTI reading, RAS reorientation, resampling and HU scaling are the CT data modules'
+(`dassemble_jax.ct.nifti_io`, `.resample`, `.preprocess`), so training and prediction see the same
+voxels. Every write goes to a temporary name and is renamed: an interrupted run leaves no
+half-written file.
+
+The model is any `apply_fn(params, windows) -> logits` on (n, d, h, w, 1) float32 windows in
+[0, 1]; loading a checkpoint into such a function is the caller's (the CLI's) job.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import pathlib
+import time
+from typing import Any, Callable, Iterator, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from dassemble_jax.ct import nifti_io, preprocess, resample
+from dassemble_jax.ct.nifti_io import CaseError
+from dassemble_jax.segmentation import postprocess as pp
+from dassemble_jax.segmentation import sliding_window as sw
+
+NIFTI_SUFFIXES = (".nii.gz", ".nii")
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading and writing.
+
+
+def load_nifti_for_prediction(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """Reads a CT -> (volume (X, Y, Z) float32 in the file's orientation, affine (4, 4), spacing (3,)).
+
+  Raises CaseError (a ValueError) naming the file if it is unreadable, truncated, not 3D (a
+  trailing singleton 4th axis is dropped) or has a singular affine.
+  """
+  data, affine = nifti_io.load(path, dtype=np.float32)
+  return data, affine, nifti_io.voxel_sizes(affine)
+
+
+def save_label_map(path: str | os.PathLike, labels: np.ndarray, affine: np.ndarray) -> None:
+  """Writes an (X, Y, Z) uint8 label map with `affine` (qform and sform), atomically."""
+  labels = np.asarray(labels)
+  if labels.ndim != 3:
+    raise ValueError(f"{path}: a label map must be 3D, got shape {labels.shape}")
+  if labels.size and (labels.min() < 0 or labels.max() > 255):
+    raise ValueError(f"{path}: labels outside 0..255 do not fit uint8")
+  nifti_io.save(path, labels.astype(np.uint8, copy=False), affine)
+
+
+def save_per_class(directory: str | os.PathLike, masks: np.ndarray, affine: np.ndarray,
+                   class_names: Sequence[str], *, compress: bool = True,
+                   skip_empty: bool = False) -> list[pathlib.Path]:
+  """One uint8 0/1 NIfTI per class, `{directory}/{name}.nii.gz` (or `.nii` uncompressed).
+
+  Fast by construction: uint8 data (the anchor wrote float64/int64 through MONAI, ~6 s a file),
+  nibabel's gzip level 1, nothing resampled here. Each file is written atomically.
+  """
+  masks = np.asarray(masks)
+  if masks.ndim != 4 or masks.shape[-1] != len(class_names):
+    raise ValueError(f"masks {masks.shape} do not match {len(class_names)} class names")
+  directory = pathlib.Path(directory)
+  directory.mkdir(parents=True, exist_ok=True)
+  suffix = ".nii.gz" if compress else ".nii"
+  written = []
+  for k, name in enumerate(class_names):
+    channel = masks[..., k]
+    if skip_empty and not channel.any():
+      continue
+    path = directory / f"{name}{suffix}"
+    nifti_io.save(path, channel.astype(np.uint8), affine)
+    written.append(path)
+  return written
+
+
+# ---------------------------------------------------------------------------------------------
+# Grids: the model's (RAS, fixed spacing) and the file's.
+
+
+@dataclasses.dataclass(frozen=True)
+class Grid:
+  """A voxel grid: shape (3,) and voxel -> world affine (4, 4)."""
+  shape: tuple[int, int, int]
+  affine: np.ndarray
+
+
+def to_model_grid(volume: np.ndarray, affine: np.ndarray, spacing: float | Sequence[float]
+                  ) -> tuple[np.ndarray, Grid]:
+  """File-orientation HU volume -> ([0, 1] float32 volume in RAS at `spacing` mm, its Grid).
+
+  The same reorientation, linear resampling and HU window as the training data.
+  """
+  ras, ras_affine = nifti_io.reorient_to_ras(volume, affine)
+  res, res_affine = resample.resample_to_spacing(ras, ras_affine, spacing, order=1,
+                                                 out_dtype=np.float32)
+  return preprocess.scale_hu(res), Grid(tuple(res.shape), res_affine)
+
+
+def _axis_aligned_map(mapping: np.ndarray) -> list[int] | None:
+  """For a 4x4 voxel mapping with one nonzero per row/column: source axis of each row."""
+  m = mapping[:3, :3]
+  nz = np.abs(m) > 1e-9 * np.abs(m).max()
+  if not (np.all(nz.sum(0) == 1) and np.all(nz.sum(1) == 1)):
+    return None
+  return [int(np.flatnonzero(row)[0]) for row in nz]
+
+
+def to_original_grid(data: np.ndarray, model: Grid, original: Grid) -> np.ndarray:
+  """Nearest-neighbour resampling of (X, Y, Z[, C]) `data` on `model` onto `original` (0 outside).
+
+  Model grids are permuted, flipped and rescaled copies of the file's grid, so the voxel mapping
+  is usually axis-aligned: then it is three 1D index arrays and one gather for all channels at
+  once. Oblique mappings fall back to `dassemble_jax.ct.resample.to_original_grid` per channel.
+  """
+  data = np.asarray(data)
+  mapping = np.linalg.inv(model.affine) @ np.asarray(original.affine, np.float64)
+  axes = _axis_aligned_map(mapping)
+  if axes is None:
+    if data.ndim == 3:
+      return resample.to_original_grid(data, model.affine, original.affine, original.shape)
+    return np.stack([resample.to_original_grid(data[..., k], model.affine, original.affine,
+                                               original.shape)
+                     for k in range(data.shape[-1])], -1)
+  index, valid = [], np.ones(original.shape, bool)
+  for i, j in enumerate(axes):  # model axis i is a function of original axis j
+    v = np.arange(original.shape[j], dtype=np.float64)
+    coord = np.floor(mapping[i, j] * v + mapping[i, 3] + 0.5).astype(np.int64)
+    ok = (coord >= 0) & (coord < data.shape[i])
+    shape = [1, 1, 1]
+    shape[j] = -1
+    index.append(np.clip(coord, 0, data.shape[i] - 1).reshape(shape))
+    valid &= ok.reshape(shape)
+  out = data[index[0], index[1], index[2]]  # (X, Y, Z[, C]) in the original grid
+  if not valid.all():
+    out[~valid] = 0
+  return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Prediction.
+
+
+@jax.jit
+def _threshold_on_device(probs, thresholds):
+  return probs > thresholds
+
+
+def predict_volume(apply_fn: Callable[[Any, jax.Array], jax.Array], volume: np.ndarray, *,
+                   params: Any = None, window: Sequence[int] = (96, 96, 96),
+                   overlap: float = 0.5, sw_batch_size: int = 4,
+                   thresholds: float | Sequence[float] = 0.5, affine: np.ndarray | None = None,
+                   postprocess: bool = True, accumulate_on: sw.Accumulate = "auto",
+                   **postprocess_kwargs) -> np.ndarray:
+  """Sliding-window probabilities -> thresholds -> post-processing: (X, Y, Z, C) bool masks.
+
+  Args:
+    apply_fn: `apply_fn(params, windows)`, (n, d, h, w, 1) -> (n, d, h, w, C) logits.
+    volume: (X, Y, Z) model-ready volume (RAS, model spacing, intensities scaled).
+    params: the model's parameters, passed to apply_fn.
+    window, overlap, sw_batch_size, accumulate_on: see `sliding_window_inference`.
+    thresholds: one probability threshold, or (C,) per class.
+    affine: the volume's voxel -> RAS affine (left/right decisions); None = RAS array order.
+    postprocess: run `postprocess.postprocess` (LCC, lung split, host-filtered lesions).
+    **postprocess_kwargs: passed on to `postprocess.postprocess`.
+  """
+  probs = sw.sliding_window_inference(apply_fn, volume, params=params, window=window,
+                                      overlap=overlap, sw_batch_size=sw_batch_size,
+                                      output="probs", accumulate_on=accumulate_on)
+  c = probs.shape[-1]
+  t = np.broadcast_to(np.asarray(thresholds, np.float32), (c,))
+  if isinstance(probs, jax.Array):
+    # Threshold where the probabilities are: 1 byte per voxel and class crosses to the host.
+    masks = np.asarray(_threshold_on_device(probs, jnp.asarray(t)))
+  else:
+    masks = pp.apply_thresholds(probs, t)
+  if postprocess:
+    masks = pp.postprocess(masks, affine, **postprocess_kwargs)
+  return masks
+
+
+def find_inputs(path: str | os.PathLike) -> list[pathlib.Path]:
+  """A NIfTI file, or the NIfTI files of a folder (sorted); CaseError if there are none."""
+  path = pathlib.Path(path)
+  if path.is_file():
+    return [path]
+  if path.is_dir():
+    files = sorted(p for p in path.iterdir()
+                   if p.is_file() and p.name.endswith(NIFTI_SUFFIXES) and not p.name.startswith("."))
+    if files:
+      return files
+    raise CaseError(f"{path}: no .nii or .nii.gz files in this folder")
+  raise CaseError(f"{path}: no such file or folder")
+
+
+def case_name(path: pathlib.Path) -> str:
+  """'case_001.nii.gz' -> 'case_001'."""
+  for suffix in NIFTI_SUFFIXES:
+    if path.name.endswith(suffix):
+      return path.name[:-len(suffix)]
+  return path.stem
+
+
+@dataclasses.dataclass
+class ScanResult:
+  """What predict_file wrote and how long each stage took (seconds)."""
+  label_map: pathlib.Path
+  per_class: list[pathlib.Path]
+  timings: dict[str, float]
+
+
+def predict_file(apply_fn: Callable[[Any, jax.Array], jax.Array], in_path: str | os.PathLike,
+                 out_path: str | os.PathLike, *, params: Any = None,
+                 spacing: float | Sequence[float] = 1.5, class_names: Sequence[str] | None = None,
+                 per_class_dir: str | os.PathLike | None = None, compress: bool = True,
+                 **predict_kwargs) -> ScanResult:
+  """One scan end to end: read, predict in the model grid, write in the file's grid.
+
+  The label map (uint8 universal ids, lesions over organs) goes to `out_path`; with
+  `per_class_dir`, one 0/1 file per class too (needs `class_names`, one per output channel).
+  """
+  timings = {}
+  start = time.perf_counter()
+  volume, affine, _ = load_nifti_for_prediction(in_path)
+  original = Grid(tuple(volume.shape), affine)
+  model_volume, model_grid = to_model_grid(volume, affine, spacing)
+  timings["load_resample"] = time.perf_counter() - start
+
+  start = time.perf_counter()
+  masks = predict_volume(apply_fn, model_volume, params=params, affine=model_grid.affine,
+                         **predict_kwargs)
+  timings["predict"] = time.perf_counter() - start
+
+  start = time.perf_counter()
+  labels = to_original_grid(pp.masks_to_label_map(masks), model_grid, original)
+  save_label_map(out_path, labels, affine)
+  written = []
+  if per_class_dir is not None:
+    if class_names is None or len(class_names) != masks.shape[-1]:
+      raise ValueError(f"per-class output needs {masks.shape[-1]} class names")
+    written = save_per_class(per_class_dir, to_original_grid(masks, model_grid, original),
+                             affine, class_names, compress=compress)
+  timings["write"] = time.perf_counter() - start
+  return ScanResult(pathlib.Path(out_path), written, timings)
+
+
+def predict_paths(apply_fn: Callable[[Any, jax.Array], jax.Array], inputs: str | os.PathLike,
+                  out_dir: str | os.PathLike, *, per_class: bool = False,
+                  class_names: Sequence[str] | None = None, **kwargs) -> Iterator[ScanResult]:
+  """predict_file over a file or a folder: `{out_dir}/{case}.nii.gz` (+ `{out_dir}/{case}/`)."""
+  out_dir = pathlib.Path(out_dir)
+  for path in find_inputs(inputs):
+    name = case_name(path)
+    yield predict_file(apply_fn, path, out_dir / f"{name}.nii.gz", class_names=class_names,
+                       per_class_dir=(out_dir / name) if per_class else None, **kwargs)

@@ -169,7 +169,8 @@ def make_loader(out_dir: str | os.PathLike, split: str, *, global_batch_size: in
                 transforms: Sequence[Any] = (), worker_count: int = 0,
                 shard_index: int | None = None, shard_count: int | None = None,
                 drop_remainder: bool = True, verify: bool = False,
-                worker_buffer_size: int = 1) -> grain.DataLoader:
+                worker_buffer_size: int = 1, read_threads: int = 4,
+                read_buffer_size: int = 16) -> grain.DataLoader:
   """A Grain DataLoader yielding per-process batches (dicts of arrays, leading dim B/processes).
 
   Sharding: by default this JAX process's share (`ShardByJaxProcess`); pass both `shard_index`
@@ -177,6 +178,11 @@ def make_loader(out_dir: str | os.PathLike, split: str, *, global_batch_size: in
   are disjoint and equal-sized (the last `len % shard_count` keys are dropped). Shuffling is a
   global shuffle of the keys, reshuffled every epoch, determined by `seed`;
   `num_epochs=None` repeats forever.
+
+  Reading: `read_threads` threads per process (per worker) keep up to `read_buffer_size`
+  decoded records in flight. Grain's defaults (16 threads, 500 records) suit small records on
+  remote disks; with 2-4 cores they were 2x slower here (benchmarks/loader_throughput.py), and
+  500 buffered CT volumes would not fit in memory: lower the buffer for large records.
   """
   if (shard_index is None) != (shard_count is None):
     raise ValueError("pass both shard_index and shard_count, or neither (shard by JAX process)")
@@ -203,7 +209,9 @@ def make_loader(out_dir: str | os.PathLike, split: str, *, global_batch_size: in
   operations = [*transforms, grain.transforms.Batch(per_process, drop_remainder=drop_remainder)]
   return grain.DataLoader(data_source=source, sampler=sampler, operations=operations,
                           worker_count=worker_count, worker_buffer_size=worker_buffer_size,
-                          shard_options=shard_options)
+                          shard_options=shard_options,
+                          read_options=grain.ReadOptions(num_threads=read_threads,
+                                                         prefetch_buffer_size=read_buffer_size))
 
 
 def iterator_state_to_json(iterator: grain.DataLoaderIterator) -> dict[str, Any]:

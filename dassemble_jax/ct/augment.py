@@ -130,8 +130,10 @@ def augment_batch(rng: jax.Array, batch: dict, cfg: AugmentConfig = AugmentConfi
   }
 
 
+@functools.lru_cache(maxsize=16)
 def make_augment_fn(cfg: AugmentConfig = AugmentConfig(), *, label_dtype=jnp.float32):
-  """jax.jit(augment_batch) for a fixed config: fn(rng, batch) -> batch."""
+  """jax.jit(augment_batch) for a fixed config: fn(rng, batch) -> batch (cached per config, so
+  callers share one compiled function)."""
   return jax.jit(functools.partial(augment_batch, cfg=cfg, label_dtype=label_dtype))
 
 

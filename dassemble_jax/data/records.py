@@ -56,7 +56,9 @@ def decode(data: bytes) -> dict[str, np.ndarray]:
     end = begin + field["nbytes"]
     if end > len(data):
       raise RecordFormatError(f"record field {field['name']!r} is truncated")
-    arr = np.frombuffer(data, dtype=np.dtype(field["dtype"]), count=-1,
-                        offset=begin) if field["nbytes"] else np.zeros(0, field["dtype"])
-    out[field["name"]] = arr[: int(np.prod(field["shape"]))].reshape(tuple(field["shape"]))
+    # An exact count: count=-1 fails when the bytes after `begin` are not a multiple of the
+    # itemsize (a float32 field of odd size followed by uint8 bytes).
+    count = int(np.prod(field["shape"], dtype=np.int64))
+    arr = np.frombuffer(data, dtype=np.dtype(field["dtype"]), count=count, offset=begin)
+    out[field["name"]] = arr.reshape(tuple(field["shape"]))
   return out

@@ -114,6 +114,17 @@ def test_process_shards_are_disjoint(shards):
   assert seen[0] == {0, 2} and seen[1] == {1}
 
 
+def test_several_crops_per_record(shards):
+  crop = pipeline.CropConfig(crop_size=(8, 8, 8), crops_per_record=2)
+  b = next(iter(pipeline.make_ct_dataset(shards, batch_size=4, seed=0, crop=crop,
+                                         shard_index=0, shard_count=1)))
+  assert b["image"].shape == (4, 8, 8, 8) and b["source"].shape == (4,)
+  assert b["case_index"][0] == b["case_index"][1] and b["source"][0] == b["source"][1]
+  with pytest.raises(ValueError, match="multiple of crops_per_record"):
+    pipeline.make_ct_dataset(shards, batch_size=3, seed=0, crop=crop, shard_index=0,
+                             shard_count=1)
+
+
 @pytest.mark.slow
 def test_worker_processes_give_the_same_batches(shards):
   crop = pipeline.CropConfig(crop_size=(8, 8, 8))

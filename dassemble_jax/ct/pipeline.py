@@ -43,6 +43,9 @@ class CropConfig:
   fg_bg: tuple[float, float] = (2.0, 1.0)                 # non-tumor sources
   bg_organ_tumor: tuple[float, float, float] = (1.0, 1.0, 5.0)   # tumor sources
   background_tries: int = 10            # uniform draws to find a voxel with no label
+  # Crops drawn from each record read (the anchor's num_samples=2): reading and decompressing
+  # a whole volume costs ~20x more than cutting a window from it, so this multiplies crops/s.
+  crops_per_record: int = 1
 
   @property
   def window(self) -> tuple[int, int, int]:
@@ -117,6 +120,12 @@ class SampleWindow(grain.transforms.RandomMap):
     self.cfg = cfg
 
   def random_map(self, record, rng: np.random.Generator):
+    if self.cfg.crops_per_record == 1:
+      return self._one(record, rng)
+    crops = [self._one(record, rng) for _ in range(self.cfg.crops_per_record)]
+    return {k: np.stack([c[k] for c in crops]) for k in crops[0]}  # (K, ...) per field
+
+  def _one(self, record, rng: np.random.Generator):
     centre, kind = choose_centre(record, self.cfg, rng)
     window = self.cfg.window
     starts = window_starts(centre, record["label"].shape, window)
@@ -132,6 +141,13 @@ class SampleWindow(grain.transforms.RandomMap):
 
   def __repr__(self):
     return f"SampleWindow({self.cfg})"
+
+
+class _MergeCrops(grain.transforms.Map):
+  """(B / K, K, ...) -> (B, ...): the K crops of each record become batch entries."""
+
+  def map(self, batch):
+    return {k: v.reshape(-1, *v.shape[2:]) for k, v in batch.items()}
 
 
 def _shard(ds: grain.MapDataset, index: int, count: int) -> grain.MapDataset:
@@ -176,7 +192,13 @@ def make_ct_dataset(dataset_dirs: Sequence[str | os.PathLike], *, split: str = "
     sources.append(ds.map(_TagSource(i, bool(manifest["has_tumor"][name]),
                                      bool(manifest["zoom_augment"][name]))))
   mixed = grain.MapDataset.mix(sources, weights) if len(sources) > 1 else sources[0]
-  ds = mixed.random_map(SampleWindow(crop), seed=seed).batch(batch_size, drop_remainder=True)
+  k = crop.crops_per_record
+  if batch_size % k:
+    raise ValueError(f"batch_size {batch_size} must be a multiple of crops_per_record {k}")
+  ds = mixed.random_map(SampleWindow(crop), seed=seed).batch(batch_size // k,
+                                                             drop_remainder=True)
+  if k > 1:
+    ds = ds.map(_MergeCrops())
   it = ds.to_iter_dataset(grain.ReadOptions(num_threads=2, prefetch_buffer_size=prefetch))
   if num_workers > 0:
     it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers,

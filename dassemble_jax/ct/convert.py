@@ -121,21 +121,6 @@ def convert_case(case: layouts.Case, spec: datasets.DatasetSpec, spacing=1.5, *,
   }
 
 
-def align_fields(record: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-  """Orders fields by decreasing item size and appends a uint8 `_pad` so the total is 8-aligned.
-
-  Works around `records.decode` calling np.frombuffer(count=-1, offset=...), which needs the
-  bytes from a field's offset to the end to be a multiple of the field's item size: with every
-  earlier field a multiple of the current item size and the total a multiple of 8, it is.
-  """
-  arrays = {k: np.asarray(v) for k, v in record.items() if k != "_pad"}
-  order = sorted(arrays, key=lambda k: -arrays[k].dtype.itemsize)
-  out = {k: arrays[k] for k in order}
-  total = sum(a.nbytes for a in out.values())
-  out["_pad"] = np.zeros((-total) % 8, np.uint8)
-  return out
-
-
 # ----------------------------------------------------------------------------------------------
 # Parallel driver.
 
@@ -222,7 +207,7 @@ def convert_dataset(spec: datasets.DatasetSpec | str, input_dir, output_dir, *,
       record["source"] = np.int32(0)
       record["case_index"] = np.int32(len(ids))
       ids.append(case.case_id)
-      writer.add(split, align_fields(record))
+      writer.add(split, record)
     if not case_ids:
       raise ConversionError(f"{input_dir}: every case failed; first: {skipped[0]['error']}")
     manifest = _manifest(spec, spacing_list, case_ids, skipped, time.monotonic() - start)

@@ -9,6 +9,10 @@ import pytest
 
 from dassemble_jax.segmentation import losses
 
+# Jitted once: op-by-op (eager) evaluation compiles every primitive separately and is slow.
+_loss = jax.jit(losses.partial_label_loss)
+_grad = jax.jit(jax.grad(lambda z, y, m: _loss(z, y, m).total))
+
 
 def _hand_example():
   """B=1, a 2x2x2 crop, C=2. Values worked out on paper below."""
@@ -30,13 +34,13 @@ def test_hand_computed_values():
   # 1 - 12/15 = 1/5.
   bce0, dice0 = math.log(2.0), 5.0 / 7.0
   bce1, dice1 = math.log(4.0 / 3.0), 0.2
-  both = losses.partial_label_loss(jnp.asarray(logits), jnp.asarray(targets),
+  both = _loss(jnp.asarray(logits), jnp.asarray(targets),
                                    jnp.array([[True, True]]))
   np.testing.assert_allclose(both.bce, (bce0 + bce1) / 2, rtol=1e-6)
   np.testing.assert_allclose(both.dice, (dice0 + dice1) / 2, rtol=1e-6)
   np.testing.assert_allclose(both.total, (bce0 + bce1 + dice0 + dice1) / 2, rtol=1e-6)
   assert float(both.num_pairs) == 2.0
-  only0 = losses.partial_label_loss(jnp.asarray(logits), jnp.asarray(targets),
+  only0 = _loss(jnp.asarray(logits), jnp.asarray(targets),
                                     jnp.array([[1, 0]]))
   np.testing.assert_allclose(only0.bce, bce0, rtol=1e-6)
   np.testing.assert_allclose(only0.dice, dice0, rtol=1e-6)
@@ -68,7 +72,7 @@ def test_matches_float64_numpy(seed):
   y = (rng.random(shape) < 0.3).astype(np.float32)
   m = rng.random((3, 6)) < 0.5
   m[0, 0] = True  # at least one pair
-  out = jax.jit(losses.partial_label_loss)(jnp.asarray(z), jnp.asarray(y), jnp.asarray(m))
+  out = _loss(jnp.asarray(z), jnp.asarray(y), jnp.asarray(m))
   ref_bce, ref_dice = _numpy_reference(z, y, m)
   np.testing.assert_allclose(float(out.bce), ref_bce, rtol=1e-5, atol=1e-6)
   np.testing.assert_allclose(float(out.dice), ref_dice, rtol=1e-5, atol=1e-6)
@@ -82,7 +86,7 @@ def test_gradients_finite_and_masked():
   z = jnp.asarray(rng.normal(0.0, 60.0, shape).astype(np.float32))
   y = jnp.asarray((rng.random(shape) < 0.5).astype(np.float32))
   m = jnp.array([[True, False, True], [False, False, True]])
-  grad = jax.grad(lambda zz: losses.partial_label_loss(zz, y, m).total)(z)
+  grad = _grad(z, y, m)
   assert np.all(np.isfinite(np.asarray(grad)))
   # Unannotated (sample, class) pairs get exactly zero gradient.
   np.testing.assert_array_equal(np.asarray(grad)[0, ..., 1], 0.0)
@@ -97,12 +101,12 @@ def test_bf16_logits_are_computed_in_float32():
   zbf = jnp.asarray(z32).astype(jnp.bfloat16)
   y = jnp.asarray((rng.random(shape) < 0.5).astype(np.float32))
   m = jnp.ones((2, 2), bool)
-  out = losses.partial_label_loss(zbf, y, m)
+  out = _loss(zbf, y, m)
   assert out.total.dtype == jnp.float32
   # Same value as the float32 loss evaluated at the bf16-rounded logits.
-  ref = losses.partial_label_loss(zbf.astype(jnp.float32), y, m)
+  ref = _loss(zbf.astype(jnp.float32), y, m)
   np.testing.assert_allclose(float(out.total), float(ref.total), rtol=1e-6)
-  grad = jax.grad(lambda zz: losses.partial_label_loss(zz, y, m).total)(zbf)
+  grad = _grad(zbf, y, m)
   assert grad.dtype == jnp.bfloat16 and np.all(np.isfinite(np.asarray(grad, np.float32)))
 
 
@@ -112,10 +116,10 @@ def test_all_unannotated_batch():
   z = jnp.asarray(rng.normal(size=shape).astype(np.float32))
   y = jnp.asarray((rng.random(shape) < 0.5).astype(np.float32))
   m = jnp.zeros((2, 4), bool)
-  out = losses.partial_label_loss(z, y, m)
+  out = _loss(z, y, m)
   assert float(out.total) == 0.0 and float(out.bce) == 0.0 and float(out.dice) == 0.0
   assert float(out.num_pairs) == 0.0
-  grad = jax.grad(lambda zz: losses.partial_label_loss(zz, y, m).total)(z)
+  grad = _grad(z, y, m)
   np.testing.assert_array_equal(np.asarray(grad), 0.0)
 
 

@@ -39,7 +39,8 @@ NIFTI_SUFFIXES = (".nii.gz", ".nii")
 # Reading and writing.
 
 
-def load_nifti_for_prediction(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def load_nifti_for_prediction(path: str | os.PathLike
+                              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """Reads a CT -> (volume (X, Y, Z) float32 in the file's orientation, affine (4, 4), spacing (3,)).
 
   Raises CaseError (a ValueError) naming the file if it is unreadable, truncated, not 3D (a
@@ -203,8 +204,8 @@ def find_inputs(path: str | os.PathLike) -> list[pathlib.Path]:
   if path.is_file():
     return [path]
   if path.is_dir():
-    files = sorted(p for p in path.iterdir()
-                   if p.is_file() and p.name.endswith(NIFTI_SUFFIXES) and not p.name.startswith("."))
+    files = sorted(p for p in path.iterdir() if p.is_file()
+                   and p.name.endswith(NIFTI_SUFFIXES) and not p.name.startswith("."))
     if files:
       return files
     raise CaseError(f"{path}: no .nii or .nii.gz files in this folder")

@@ -8,7 +8,7 @@ without its output block).
 
 MONAI behaviours kept on purpose, so the authors' checkpoints import unchanged:
 - `patch_merging='merging'` concatenates the eight 2x2x2 sub-grids in MONAI v0.9's order, which
-  repeats three sub-grids and drops three (MONAI keeps it as its default 'merging' for
+  repeats two sub-grids and drops two (MONAI keeps it as its default 'merging' for
   compatibility); `'mergingv2'` is the correct order.
 - A window axis larger than the feature map shrinks to the map size and that axis is not shifted;
   the relative position bias is then indexed with the top-left n x n block of the full 7^3 index,
@@ -44,7 +44,10 @@ def effective_window(size: Sequence[int], window: Sequence[int], shift: Sequence
 
 
 def window_partition(x: jax.Array, win: Sequence[int]) -> jax.Array:
-  """(B, D, H, W, C) -> (B * nW, wd*wh*ww, C), windows in (d, h, w) raster order."""
+  """(B, D, H, W, C) -> (B * nW, wd*wh*ww, C), windows in (d, h, w) raster order.
+
+  Array methods only, so a NumPy input (the static masks) stays NumPy and costs no compile.
+  """
   b, d, h, w, c = x.shape
   x = x.reshape(b, d // win[0], win[0], h // win[1], win[1], w // win[2], win[2], c)
   x = x.transpose(0, 1, 3, 5, 2, 4, 6, 7)
@@ -70,7 +73,7 @@ def shifted_window_mask(dims: tuple, win: tuple, shift: tuple) -> np.ndarray:
       for sw in slices[2]:
         img[:, sd, sh, sw, :] = cnt
         cnt += 1
-  regions = np.asarray(window_partition(img, win))[..., 0]  # (nW, N)
+  regions = window_partition(img, win)[..., 0]  # (nW, N), NumPy
   diff = regions[:, None, :] - regions[:, :, None]
   return np.where(diff != 0, -100.0, 0.0).astype(np.float32)
 

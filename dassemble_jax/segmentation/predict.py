@@ -41,7 +41,7 @@ NIFTI_SUFFIXES = (".nii.gz", ".nii")
 
 def load_nifti_for_prediction(path: str | os.PathLike
                               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-  """Reads a CT -> (volume (X, Y, Z) float32 in the file's orientation, affine (4, 4), spacing (3,)).
+  """Reads a CT -> (volume (X, Y, Z) float32, file orientation; affine (4, 4); spacing (3,) mm).
 
   Raises CaseError (a ValueError) naming the file if it is unreadable, truncated, not 3D (a
   trailing singleton 4th axis is dropped) or has a singular affine.

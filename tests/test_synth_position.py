@@ -1,0 +1,97 @@
+"""Position prior, and counts / radii / label at the generator level at two spacings."""
+
+import dataclasses
+
+import jax
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from dassemble_jax.synth import SynthConfig, draws, position, synthesize_tumors
+from dassemble_jax.synth.toy import ellipsoid_liver
+
+N = 64  # centres drawn per check
+
+
+def _centres(liver, cfg, spacing, seed=0):
+  @jax.jit
+  def f(key, liver):
+    cand = position.candidates(np.zeros(liver.shape, np.float32), liver, spacing, cfg)
+    u = draws.draw(key, position.position_layout(liver.shape, N, cfg))
+    return cand, position.sample_centres(u, liver, cand, N, cfg)
+  cand, c = f(jax.random.key(seed), liver)
+  return np.asarray(cand), np.asarray(c)
+
+
+def _inplane_erosion(liver, r_vox, cc_axis=2):
+  size = [2 * r + 1 for r in r_vox]
+  size[cc_axis] = 1
+  return ndimage.binary_erosion(liver, structure=np.ones(size, bool), border_value=0)
+
+
+@pytest.mark.parametrize('cranial_is_high', [True, False])
+def test_lower_third_of_the_liver(cranial_is_high):
+  spacing = (1.5, 1.5, 3.0)
+  _, liver = ellipsoid_liver((40, 36, 24), spacing, semi_mm=(27.0, 24.0, 33.0))
+  cfg = SynthConfig(cc_fraction=(0.0, 1 / 3), cranial_is_high=cranial_is_high)
+  cand, c = _centres(liver, cfg, spacing)
+  zs = np.nonzero(liver.any(axis=(0, 1)))[0]
+  lo, hi = zs.min(), zs.max()
+  third = (hi - lo) / 3
+  assert np.all(liver[tuple(c.T)]) and np.all(cand[tuple(c.T)])
+  if cranial_is_high:  # feet at low index: the lower third is at the bottom
+    assert c[:, 2].max() <= lo + third + 1
+  else:
+    assert c[:, 2].min() >= hi - third - 1
+  assert len(np.unique(c[:, :2], axis=0)) > N // 2  # spread over the slices, not one voxel
+
+
+def test_candidates_are_the_inplane_eroded_liver_and_near_surface_the_shell():
+  spacing = (1.0, 1.0, 2.0)
+  _, liver = ellipsoid_liver((40, 40, 20), spacing, semi_mm=(17.0, 15.0, 18.0))
+  cand, c = _centres(liver, SynthConfig(), spacing)
+  np.testing.assert_array_equal(cand, _inplane_erosion(liver, (2, 2, 0)))  # anchor: 5 x 5
+  cfg = SynthConfig(near_surface_mm=3.0, cc_fraction=(0.0, 1.0))
+  cand, c = _centres(liver, cfg, spacing, seed=1)
+  np.testing.assert_array_equal(cand, liver & ~_inplane_erosion(liver, (3, 3, 0)))
+  assert np.all(cand[tuple(c.T)])
+
+
+def test_vessel_avoidance_keeps_centres_away_from_bright_vessels():
+  spacing = (1.0, 1.0, 1.0)
+  ct, liver = ellipsoid_liver((40, 40, 32), spacing, semi_mm=(18.0, 18.0, 15.0))
+  ct[18:22, :, :] += 120.0  # a bright vessel plane-tube through the liver
+  cfg = SynthConfig(avoid_vessels=True, vessel_margin_mm=4.0, cc_fraction=(0.0, 1.0))
+
+  @jax.jit
+  def f(key):
+    cand = position.candidates(ct, liver, spacing, cfg)
+    u = draws.draw(key, position.position_layout(liver.shape, N, cfg))
+    return position.sample_centres(u, liver, cand, N, cfg)
+  c = np.asarray(f(jax.random.key(0)))
+  assert np.all(np.abs(c[:, 0] - 19.5) >= 2 + 4 - 0.5)
+
+
+@pytest.mark.parametrize('spacing,shape', [((1.0, 1.0, 1.0), (48, 48, 48)),
+                                           ((1.5, 1.5, 3.0), (48, 48, 24))])
+def test_counts_radii_and_label_at_two_spacings(spacing, shape):
+  """Rigid small tumors: the label is exactly the union of the analytic ellipsoids (mm) of the
+  reported centres and semi-axes, clipped to the liver; counts and semi-axes in their ranges."""
+  cfg = dataclasses.replace(SynthConfig().only_kind('small', count=(2, 4)), elastic_scale=0.0)
+  ct, liver = ellipsoid_liver(shape, spacing, semi_mm=(22.0, 21.0, 23.0))
+  keys = jax.random.split(jax.random.key(7), 3)
+  f = jax.jit(jax.vmap(lambda k: synthesize_tumors(k, ct, liver, spacing, cfg)))
+  _, geo, info = jax.device_get(f(keys))
+  grids = [np.arange(n) * s for n, s in zip(shape, spacing)]
+  for i in range(len(keys)):
+    act = info['active'][i]
+    assert 2 <= act.sum() <= 4 and info['n_tumors'][i] == act.sum()
+    semi = info['semi_axes_mm'][i][act]
+    assert semi.min() >= 6.0 and semi.max() <= 10.0
+    want = np.zeros(shape, bool)
+    for centre, a in zip(info['centres'][i][act], semi):
+      d = [(g - g[c]) / ax for g, c, ax in zip(grids, centre, a)]
+      want |= (d[0][:, None, None] ** 2 + d[1][None, :, None] ** 2
+               + d[2][None, None, :] ** 2) <= 1.0
+    want &= liver
+    np.testing.assert_array_equal(geo[i], want)

@@ -82,10 +82,11 @@ def synthesize_tumors(key: jax.Array, ct: jax.Array, liver_mask: jax.Array,
   delta_hu = draws.between(u['delta'], *cfg.hu_decrement)
   change = tex * blur * (delta_hu / cfg.hu_per_unit)
   if cfg.capsule_hu:
-    # A brighter rim just outside the tumor: the blurred union minus the union, widened.
-    rim = filters.gaussian_filter(geo.astype(jnp.float32), cfg.capsule_mm / sp,
-                                  texture.radii(cfg.capsule_mm, spacing, cfg))
-    change = change - jnp.where(geo, 0.0, rim) * (cfg.capsule_hu / cfg.hu_per_unit)
+    # A brighter rim just outside the tumor: a band of about capsule_mm around the union.
+    near = filters.gaussian_filter(geo.astype(jnp.float32), cfg.capsule_mm / sp,
+                                   texture.radii(cfg.capsule_mm, spacing, cfg))
+    rim = jnp.where(geo, 0.0, jnp.minimum(1.0, 2.0 * near))
+    change = change - rim * (cfg.capsule_hu / cfg.hu_per_unit)
   ct32 = ct.astype(jnp.float32)
   new_ct = jnp.where(liver, ct32 - change, ct32)
   if cfg.clip is not None:

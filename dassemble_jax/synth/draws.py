@@ -46,3 +46,29 @@ def normal(u: jax.Array) -> jax.Array:
 def gumbel(u: jax.Array) -> jax.Array:
   """Standard Gumbel: argmax(logits + gumbel) samples the categorical of the logits."""
   return -jnp.log(-jnp.log(jnp.clip(u, 1e-12, 1.0 - 1e-7)))
+
+
+def _mix32(x: jax.Array) -> jax.Array:
+  """lowbias32 (C. Wellons' integer hash search): a bijective, well-mixed uint32 -> uint32."""
+  x = x ^ (x >> 16)
+  x = x * jnp.uint32(0x7FEB352D)
+  x = x ^ (x >> 15)
+  x = x * jnp.uint32(0x846CA68B)
+  return x ^ (x >> 16)
+
+
+def field_uniform(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+  """Uniform [0, 1) float32 noise for whole volumes: a counter hash seeded from the key.
+
+  Threefry (jax.random's default) costs ~50 ns per number on the CPU: 0.1 s for the two noise
+  fields of a 96^3 crop, more than the rest of the generator. The texture only needs white
+  noise, so the volume fields use a counter-based integer hash (two rounds of lowbias32 keyed by
+  64 bits from threefry): one fused elementwise pass, a pure function of the key and the shape.
+  """
+  seed = jax.random.bits(key, (2,), jnp.uint32)
+  n = math.prod(shape)
+  idx = jax.lax.iota(jnp.uint32, n)
+  x = _mix32(idx ^ seed[0])
+  x = _mix32(x + seed[1])
+  # 24 high bits -> float32 in [0, 1) without rounding up to 1.
+  return ((x >> 8).astype(jnp.float32) * (1.0 / (1 << 24))).reshape(shape)

@@ -56,9 +56,10 @@ def synthesize_tumors(key: jax.Array, ct: jax.Array, liver_mask: jax.Array,
   liver = liver_mask.astype(jnp.bool_)
   n_slots = len(shapes.slot_kinds(cfg))
   layout = {'apply': (), 'edge': (), 'delta': (), **shapes.shape_layout(cfg),
-            **position.position_layout(shape, n_slots, cfg), **texture.TEXTURE_LAYOUT,
-            'noise': shape, 'bern': shape}
-  u = draws.draw(key, layout)
+            **position.position_layout(shape, n_slots, cfg), **texture.TEXTURE_LAYOUT}
+  k_small, k_field = jax.random.split(key)
+  u = draws.draw(k_small, layout)
+  noise = draws.field_uniform(k_field, (2,) + shape)  # texture noise + Bernoulli uniforms
 
   # --- what and where -------------------------------------------------------------------------
   params = shapes.sample_shape_params(u, cfg)
@@ -74,7 +75,7 @@ def synthesize_tumors(key: jax.Array, ct: jax.Array, liver_mask: jax.Array,
 
   # --- texture, edge blur, decrement ----------------------------------------------------------
   tex_params = texture.sample_texture_params(u, cfg)
-  tex = texture.make_texture(u['noise'], u['bern'], tex_params, spacing, cfg)
+  tex = texture.make_texture(noise[0], noise[1], tex_params, spacing, cfg)
   sp = jnp.asarray(spacing, jnp.float32)
   edge_sigma = draws.between(u['edge'], *cfg.edge_blur_mm)
   blur = filters.gaussian_filter(geo.astype(jnp.float32), edge_sigma / sp,

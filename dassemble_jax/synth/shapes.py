@@ -108,10 +108,16 @@ def render_tumor(centre: jax.Array, semi_mm: jax.Array, control_mm: jax.Array, h
     q.append(jnp.broadcast_to(x.reshape([-1 if a == ax else 1 for a in range(3)]), box))
   extent = [max(h * s, 1e-6) for h, s in zip(half, spacing)]
   for p, (u, v) in enumerate(_PLANES):
-    bu = jnp.stack(_bernstein(jnp.clip(0.5 * (q[u] / extent[u] + 1.0), 0.0, 1.0)))  # (3, box)
-    bv = jnp.stack(_bernstein(jnp.clip(0.5 * (q[v] / extent[v] + 1.0), 0.0, 1.0)))
-    d = jnp.einsum('i...,j...,ijc->c...', bu, bv, control_mm[p])              # (2, box)
-    q[u], q[v] = q[u] + d[0], q[v] + d[1]
+    bu = _bernstein(jnp.clip(0.5 * (q[u] / extent[u] + 1.0), 0.0, 1.0))
+    bv = _bernstein(jnp.clip(0.5 * (q[v] / extent[v] + 1.0), 0.0, 1.0))
+    # Tensor-product blend of the 3 x 3 control displacements, written out elementwise: one
+    # fused loop (an einsum here lowers to a slow batched dot on the CPU).
+    du = dv = 0.0
+    for i in range(3):
+      ru = sum(bv[j] * control_mm[p, i, j, 0] for j in range(3))
+      rv = sum(bv[j] * control_mm[p, i, j, 1] for j in range(3))
+      du, dv = du + bu[i] * ru, dv + bu[i] * rv
+    q[u], q[v] = q[u] + du, q[v] + dv
   r2 = sum(jnp.square(q[ax] / semi_mm[ax]) for ax in range(3))
   return r2 <= 1.0, start.astype(jnp.int32)
 

@@ -16,6 +16,11 @@ from dassemble_jax.models.unet3d import UNet3D
 jax.config.update("jax_default_matmul_precision", "highest")
 
 
+def _normal(seed, shape):
+  # NumPy, not jax.random: threefry on 5-D shapes compiles for seconds on a CPU.
+  return np.random.default_rng(seed).normal(size=shape).astype(np.float32)
+
+
 def numpy_init(ctor, seed=0):
   """Builds a module abstractly and fills it with NumPy random values.
 
@@ -114,7 +119,7 @@ def _forward(model, x):
 
 def test_unet_forward_tiny():
   model = numpy_init(lambda: UNet3D(base_channels=4, rngs=nnx.Rngs(0)))
-  x = jax.random.normal(jax.random.key(0), (2, 16, 16, 24, 1))
+  x = _normal(0, (2, 16, 16, 24, 1))
   deep, dec = _forward(model, x)
   assert deep.shape == (2, 2, 2, 3, 64) and dec.shape == (2, 16, 16, 24, 8)
   assert np.isfinite(np.asarray(dec)).all() and float(jnp.std(dec)) > 0
@@ -124,7 +129,7 @@ def test_unet_forward_tiny():
 
 def test_swin_unetr_forward_tiny():
   model = numpy_init(lambda: SwinUNETR(feature_size=12, rngs=nnx.Rngs(0)))
-  x = jax.random.normal(jax.random.key(0), (1, 32, 32, 32, 1))
+  x = _normal(0, (1, 32, 32, 32, 1))
   deep, dec = _forward(model, x)
   assert deep.shape == (1, 1, 1, 1, 192) and dec.shape == (1, 32, 32, 32, 12)
   assert np.isfinite(np.asarray(dec)).all() and float(jnp.std(dec)) > 0

@@ -12,6 +12,11 @@ from dassemble_jax.models import upsample
 jax.config.update("jax_default_matmul_precision", "highest")
 
 
+def _normal(seed, shape):
+  # NumPy, not jax.random: threefry on 5-D shapes compiles for seconds on a CPU.
+  return np.random.default_rng(seed).normal(size=shape).astype(np.float32)
+
+
 def _torch_conv_transpose_reference(x, weight, bias):
   """PyTorch's ConvTranspose3d(k=2, s=2) by its definition, float64, NDHWC in and out.
 
@@ -25,21 +30,29 @@ def _torch_conv_transpose_reference(x, weight, bias):
   return out + bias
 
 
+def _abstract(ctor):
+  """Builds a module without running its random initialisers (each would compile a program)."""
+  graphdef, state = nnx.split(nnx.eval_shape(ctor))
+  return nnx.merge(graphdef, jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), state))
+
+
 def _flax_pair(cin, cout, seed=0):
-  ct = nnx.ConvTranspose(cin, cout, kernel_size=(2, 2, 2), strides=(2, 2, 2),
-                         rngs=nnx.Rngs(seed))
-  up = upsample.Upsample2x(cin, cout, rngs=nnx.Rngs(seed + 1))
+  rng = np.random.default_rng(seed)
+  ct = _abstract(lambda: nnx.ConvTranspose(cin, cout, kernel_size=(2, 2, 2), strides=(2, 2, 2),
+                                           rngs=nnx.Rngs(0)))
+  up = _abstract(lambda: upsample.Upsample2x(cin, cout, rngs=nnx.Rngs(0)))
+  ct.kernel[...] = rng.normal(size=ct.kernel.shape).astype(np.float32)
+  ct.bias[...] = rng.normal(size=(cout,)).astype(np.float32)
   up.kernel[...] = upsample.kernel_from_flax_conv_transpose(ct.kernel[...])
-  up.bias[...] = jax.random.normal(jax.random.key(seed + 2), (cout,))
-  ct.bias[...] = up.bias[...]
+  up.bias[...] = ct.bias[...]
   return ct, up
 
 
 def test_forward_equals_nnx_conv_transpose():
   ct, up = _flax_pair(3, 5)
   # Odd spatial sizes catch a mixed-up axis order.
-  x = jax.random.normal(jax.random.key(7), (2, 3, 4, 5, 3))
-  y_ref, y = ct(x), up(x)
+  x = _normal(7, (2, 3, 4, 5, 3))
+  y_ref, y = nnx.jit(lambda a, b, x: (a(x), b(x)))(ct, up, x)
   assert y.shape == (2, 6, 8, 10, 5)
   np.testing.assert_allclose(y, y_ref, rtol=1e-6, atol=1e-6)
 
@@ -64,8 +77,8 @@ def test_forward_equals_lax_conv_transpose_torch_semantics():
 
 def test_gradients_equal_nnx_conv_transpose():
   ct, up = _flax_pair(4, 3, seed=3)
-  x = jax.random.normal(jax.random.key(8), (2, 3, 2, 5, 4))
-  target = jax.random.normal(jax.random.key(9), (2, 6, 4, 10, 3))
+  x = _normal(8, (2, 3, 2, 5, 4))
+  target = _normal(9, (2, 6, 4, 10, 3))
 
   def loss(kernel, bias, x, use_ct):
     y = (jax.lax.conv_transpose(x, kernel, (2, 2, 2), "SAME",
@@ -75,22 +88,26 @@ def test_gradients_equal_nnx_conv_transpose():
     return jnp.sum(jnp.sin(y) * target)
 
   args = (ct.kernel[...], ct.bias[...], x)
-  g_ref = jax.grad(loss, argnums=(0, 1, 2))(*args, True)
-  g = jax.grad(loss, argnums=(0, 1, 2))(*args, False)
+  grads = jax.jit(lambda *a: (jax.grad(loss, argnums=(0, 1, 2))(*a, True),
+                              jax.grad(loss, argnums=(0, 1, 2))(*a, False)))
+  g_ref, g = grads(*args)
   for a, b in zip(g, g_ref):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
-  # Sanity: the reference path really is a transposed conv of the same module.
-  np.testing.assert_allclose(ct(x), upsample.upsample2x(
-      x, upsample.kernel_from_flax_conv_transpose(ct.kernel[...]), ct.bias[...]),
+  # Sanity: the reference path really is the module's own transposed conv.
+  np.testing.assert_allclose(
+      nnx.jit(lambda m, x: m(x))(ct, x),
+      jax.lax.conv_transpose(x, ct.kernel[...], (2, 2, 2), "SAME",
+                             dimension_numbers=("NDHWC", "DHWIO", "NDHWC")) + ct.bias[...],
       rtol=1e-6, atol=1e-6)
 
 
 def test_no_transposed_conv_in_gradient():
   # The point of the module: its backward pass holds no convolution at all.
-  up = upsample.Upsample2x(4, 2, rngs=nnx.Rngs(0))
-  x = jnp.ones((1, 2, 2, 2, 4))
-  grad_fn = jax.jit(jax.grad(lambda k, x: jnp.sum(upsample.upsample2x(x, k) ** 2)))
-  hlo = grad_fn.lower(up.kernel[...], x).as_text()
+  kernel = jax.ShapeDtypeStruct((2, 2, 2, 4, 2), jnp.float32)
+  x = jax.ShapeDtypeStruct((1, 2, 2, 2, 4), jnp.float32)
+  grad_fn = jax.jit(jax.grad(lambda k, x: jnp.sum(upsample.upsample2x(x, k) ** 2),
+                             argnums=(0, 1)))
+  hlo = grad_fn.lower(kernel, x).as_text()
   assert "convolution" not in hlo
   assert "dot_general" in hlo
 
@@ -100,4 +117,7 @@ def test_param_count_and_dtype():
   n = sum(p.size for p in jax.tree.leaves(nnx.state(up, nnx.Param)))
   assert n == 8 * 4 * 8 + 4  # = ConvTranspose3d(8, 4, 2, 2) parameters
   assert up.kernel[...].dtype == jnp.float32
-  assert up(jnp.ones((1, 1, 1, 1, 8))).dtype == jnp.bfloat16
+  # Initialised like a transposed conv: zero bias, kernel spread ~ 1/sqrt(in).
+  assert np.all(np.asarray(up.bias[...]) == 0) and 0.1 < float(jnp.std(up.kernel[...])) < 1
+  y = jax.eval_shape(up, jax.ShapeDtypeStruct((1, 1, 1, 1, 8), jnp.float32))
+  assert y.dtype == jnp.bfloat16 and y.shape == (1, 2, 2, 2, 4)

@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from dassemble_jax.models.upsample import Upsample2x
+from dassemble_jax.models.upsample import Upsample2x, flat_kernel_init
 
 
 # ----------------------------------------------------------------------------------------------
@@ -231,7 +231,8 @@ class ResBlock(nnx.Module):
   """conv3-IN-LReLU-conv3-IN + (1x1x1 conv-IN if channels change) -> LReLU(0.01); no biases."""
 
   def __init__(self, in_ch: int, out_ch: int, *, dtype, rngs: nnx.Rngs):
-    conv = functools.partial(nnx.Conv, use_bias=False, padding="SAME", dtype=dtype, rngs=rngs)
+    conv = functools.partial(nnx.Conv, use_bias=False, padding="SAME", dtype=dtype,
+                             kernel_init=flat_kernel_init(), rngs=rngs)
     self.conv1 = conv(in_ch, out_ch, kernel_size=(3, 3, 3))
     self.conv2 = conv(out_ch, out_ch, kernel_size=(3, 3, 3))
     self.conv3 = conv(in_ch, out_ch, kernel_size=(1, 1, 1)) if in_ch != out_ch else None
@@ -275,7 +276,8 @@ class SwinUNETR(nnx.Module):
     self.dtype = dtype
     win = (window_size,) * 3
     self.patch_embed = nnx.Conv(in_channels, f, kernel_size=(2, 2, 2), strides=(2, 2, 2),
-                                padding="VALID", dtype=dtype, rngs=rngs)
+                                padding="VALID", dtype=dtype, kernel_init=flat_kernel_init(),
+                                rngs=rngs)
     self.stages = nnx.List([
         SwinStage(f * 2**i, depths[i], num_heads[i], win, patch_merging=patch_merging,
                   dtype=dtype, rngs=rngs) for i in range(4)])

@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from dassemble_jax.models.upsample import Upsample2x
+from dassemble_jax.models.upsample import Upsample2x, flat_kernel_init
 
 
 class LUConv(nnx.Module):
@@ -30,7 +30,7 @@ class LUConv(nnx.Module):
   def __init__(self, in_ch: int, out_ch: int, *, norm: str = "batch", dtype=None,
                rngs: nnx.Rngs):
     self.conv = nnx.Conv(in_ch, out_ch, kernel_size=(3, 3, 3), padding="SAME", dtype=dtype,
-                         rngs=rngs)
+                         kernel_init=flat_kernel_init(), rngs=rngs)
     if norm == "batch":
       # PyTorch momentum 0.1 == Flax momentum 0.9 (weight of the old running value).
       self.norm = nnx.BatchNorm(out_ch, momentum=0.9, epsilon=1e-5, dtype=dtype, rngs=rngs)

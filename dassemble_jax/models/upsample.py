@@ -27,6 +27,21 @@ import numpy as np
 from flax import nnx
 
 
+def flat_kernel_init(init=None):
+  """Wraps a Flax initializer to draw an N-D conv kernel as 2-D (prod(shape[:-1]), out).
+
+  Same distribution as drawing the N-D shape (Flax's fan_in for a conv kernel is already
+  receptive field x in), but jax.random on 5-D shapes compiles for seconds per shape on a CPU
+  (threefry over a 5-D iota), which made eager model construction take minutes.
+  """
+  init = init or nnx.initializers.lecun_normal()
+
+  def kernel_init(key, shape, dtype=jnp.float32):
+    return init(key, (int(np.prod(shape[:-1])), shape[-1]), dtype).reshape(shape)
+
+  return kernel_init
+
+
 def depth_to_space(y: jax.Array, out_features: int) -> jax.Array:
   """(B, D, H, W, 2*2*2*O) with taps ordered (i, j, k, o) -> (B, 2D, 2H, 2W, O)."""
   b, d, h, w, _ = y.shape
@@ -60,13 +75,13 @@ class Upsample2x(nnx.Module):
     self.in_features = in_features
     self.out_features = out_features
     self.dtype = dtype
-    # Same fan-in as a transposed conv for initialisation purposes: PyTorch's default
-    # (kaiming-uniform a=sqrt(5)) is bound 1/sqrt(fan_in) with fan_in = out * 8 for a
-    # ConvTranspose3d weight (in, out, 2, 2, 2); lecun-normal over `in` is what Flax's
-    # ConvTranspose uses. We follow Flax.
-    init = nnx.initializers.lecun_normal(in_axis=-2, out_axis=-1, batch_axis=(0, 1, 2))
-    self.kernel = nnx.Param(init(rngs.params(), (2, 2, 2, in_features, out_features),
-                                 param_dtype))
+    # Lecun-normal with fan_in = in: each output voxel sums exactly `in` products (one tap), so
+    # this keeps the activation variance. Drawn as 2-D (in, 8*out) and rearranged: see
+    # `flat_kernel_init` for why not 5-D.
+    flat = nnx.initializers.lecun_normal()(rngs.params(), (in_features, 8 * out_features),
+                                           param_dtype)
+    self.kernel = nnx.Param(
+        flat.reshape(in_features, 2, 2, 2, out_features).transpose(1, 2, 3, 0, 4))
     self.bias = (nnx.Param(jnp.zeros((out_features,), param_dtype)) if use_bias else None)
 
   def __call__(self, x: jax.Array) -> jax.Array:

@@ -31,6 +31,7 @@ def classification_config() -> ml_collections.ConfigDict:
   c.model = ml_collections.ConfigDict()
   c.model.widths = (32, 64, 128)  # channels of the ResNet stages
   c.model.blocks_per_stage = 1
+  c.model.norm = "batch"          # 'batch' | 'group' (stateless; used by the tiny variants)
   c.compute_dtype = "float32"     # 'bfloat16' on accelerators
   # --- optimisation ---
   c.batch_size = 64               # global; must divide by the device count
@@ -68,6 +69,8 @@ def make_tiny(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
                               num_validation=min(s["num_validation"], 24))
                          for s in c.data.sources)
   c.model.widths = (8, 16)
+  # Two short epochs leave BatchNorm's running averages far from the batch statistics.
+  c.model.norm = "group"
   c.batch_size = 16
   c.eval_batch_size = 64
   c.num_epochs = 2

@@ -45,7 +45,7 @@ class MetricWriter:
 class Progress:
   """Prints 'step s/T (p%) | x steps/s | y items/s | ETA h:mm:ss | ...' lines."""
 
-  def __init__(self, total_steps: int, start_step: int, items_per_step: int, stream=sys.stdout):
+  def __init__(self, total_steps: int, start_step: int, items_per_step: int, stream=None):
     self.total, self.items = total_steps, items_per_step
     self._t0, self._s0 = time.perf_counter(), start_step
     self._stream = stream
@@ -60,4 +60,4 @@ class Progress:
     parts = [f"step {step}/{self.total} ({100 * step / max(1, self.total):.0f}%)",
              f"{rate:.2f} steps/s", f"{rate * self.items:.0f} items/s", f"ETA {eta_s}"]
     parts += [f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in extra.items()]
-    print(" | ".join(parts), file=self._stream, flush=True)
+    print(" | ".join(parts), file=self._stream or sys.stdout, flush=True)

@@ -40,7 +40,8 @@ def build_model(config, num_classes: int, in_channels: int, *, rngs: nnx.Rngs):
   m = config.model
   dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[config.compute_dtype]
   return classifier.ResNetClassifier(num_classes, in_channels=in_channels, widths=tuple(m.widths),
-                                     blocks_per_stage=m.blocks_per_stage, dtype=dtype, rngs=rngs)
+                                     blocks_per_stage=m.blocks_per_stage, norm=m.norm, dtype=dtype,
+                                     rngs=rngs)
 
 
 def build_optimizer(config, total_steps: int) -> optax.GradientTransformation:
@@ -97,7 +98,7 @@ def make_train_step(config, train_def, tx, mesh):
     params = optax.apply_updates(state["params"], updates)
     new_state = {"step": state["step"] + 1, "params": params, "batch_stats": batch_stats,
                  "opt_state": opt_state}
-    return new_state, {"loss": loss, "grad_norm": optax.global_norm(grads)}
+    return new_state, {"loss": loss, "grad_norm": optax.tree.norm(grads)}
 
   return train_step
 

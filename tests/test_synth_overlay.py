@@ -69,6 +69,7 @@ def test_class_index_reads_the_liver_label_with_ast():
 
 
 @pytest.mark.slow
+@pytest.mark.network_cache
 def test_overlay_on_the_totalsegmentator_example(tmp_path):
   """Needs the totalsegmentator 2.18.0 sdist (pip download, ~cache)."""
   out = tmp_path / 'real'

@@ -63,6 +63,7 @@ def _numpy_sentence_embedding(config, w, ids, mask):
   return np.stack(out)
 
 
+@pytest.mark.network_cache
 def test_config_is_minilm_l6(minilm):
   config, weights, _, _ = minilm
   assert (config["num_hidden_layers"], config["hidden_size"], config["num_attention_heads"],
@@ -70,6 +71,7 @@ def test_config_is_minilm_l6(minilm):
   assert weights["embeddings.word_embeddings.weight"].shape == (30522, 384)
 
 
+@pytest.mark.network_cache
 def test_tokenizer_matches_bert_uncased(minilm):
   _, _, tokenizer, _ = minilm
   ids, mask = text_encoder.tokenize(tokenizer, ["A computerized tomography of a spleen", "liver"])
@@ -80,6 +82,7 @@ def test_tokenizer_matches_bert_uncased(minilm):
   assert mask[1].sum() == 3 and np.all(ids[1, 3:] == 0)
 
 
+@pytest.mark.network_cache
 def test_matches_float64_numpy_reference(minilm):
   config, weights, tokenizer, model = minilm
   emb = text_encoder.encode_texts(PROMPTS, model, tokenizer)
@@ -92,6 +95,7 @@ def test_matches_float64_numpy_reference(minilm):
   assert np.abs(emb[0] - emb[1]).max() > 1e-2
 
 
+@pytest.mark.network_cache
 def test_padding_does_not_change_embedding(minilm):
   _, _, tokenizer, model = minilm
   alone = text_encoder.encode_texts(["liver"], model, tokenizer)
@@ -99,6 +103,7 @@ def test_padding_does_not_change_embedding(minilm):
   np.testing.assert_allclose(alone[0], batched[0], atol=1e-6)
 
 
+@pytest.mark.network_cache
 def test_embed_prompts_caches_atomically(tmp_path, minilm, monkeypatch):
   _, _, tokenizer, model = minilm
   calls = []

@@ -9,13 +9,15 @@ import jax.numpy as jnp
 import numpy as np
 from scipy import ndimage
 
-from dassemble_jax.synth import SynthConfig, synthesize_tumors
+from dassemble_jax.synth import SynthConfig, synthesize_batch, synthesize_tumors
 from dassemble_jax.synth.toy import ellipsoid_liver
 
 SPACING = (2.0, 2.0, 2.0)
 CFG = SynthConfig()
 CT, LIVER = ellipsoid_liver((48, 48, 48), SPACING, semi_mm=(44.0, 38.0, 46.0))
-KEYS = jax.random.split(jax.random.key(42), 4)
+BATCH_KEY = jax.random.key(42)
+KEYS = jax.random.split(BATCH_KEY, 5)  # what synthesize_batch gives each sample
+ELIGIBLE = np.array([True, True, True, True, False])  # the last: not a healthy-liver source
 
 
 
@@ -29,19 +31,21 @@ def synth(key, ct, liver):
 
 @functools.lru_cache(maxsize=None)
 def _batch():
-  """The same 6 keys through one vmapped call (one compile shared by the tests below)."""
+  """A batch of 5 through synthesize_batch (one compile shared by the tests below)."""
   cts = np.stack([CT + i for i in range(len(KEYS))])
   livers = np.broadcast_to(LIVER, cts.shape)
-  batched = jax.vmap(functools.partial(synthesize_tumors, spacing=SPACING, cfg=CFG))
-  out = jax.jit(batched)(KEYS, cts, livers)
+  batched = jax.jit(functools.partial(synthesize_batch, spacing=SPACING, cfg=CFG))
+  out = batched(BATCH_KEY, cts, livers, eligible=ELIGIBLE)
   return cts, jax.device_get(out)
 
 
 def test_tumors_inside_liver_decrement_in_range_label_unblurred():
   cts, (new, geo, info) = _batch()
-  assert np.all(info['valid'])
+  np.testing.assert_array_equal(info['valid'], ELIGIBLE)
+  np.testing.assert_array_equal(new[-1], cts[-1])  # ineligible: untouched
+  assert not geo[-1].any()
   kinds, halos = set(), 0
-  for i in range(len(KEYS)):
+  for i in range(len(KEYS) - 1):
     kinds.add(int(info['kind_choice'][i]))
     assert geo[i].sum() > 0
     assert not np.any(geo[i] & ~LIVER)                      # inside the liver
@@ -69,7 +73,7 @@ def test_tumors_inside_liver_decrement_in_range_label_unblurred():
 
 def test_vmap_equals_loop_and_same_key_same_result():
   cts, (new_b, geo_b, info_b) = _batch()
-  for i in range(len(KEYS)):
+  for i in range(len(KEYS) - 1):
     new, geo, info = synth(KEYS[i], cts[i], LIVER)
     np.testing.assert_allclose(np.asarray(new), new_b[i], atol=1e-3)
     np.testing.assert_array_equal(np.asarray(geo), geo_b[i])

@@ -18,7 +18,8 @@ def _centres(liver, cfg, spacing, seed=0):
   def f(key, liver):
     cand = position.candidates(np.zeros(liver.shape, np.float32), liver, spacing, cfg)
     u = draws.draw(key, position.position_layout(liver.shape, N, cfg))
-    return cand, position.sample_centres(u, liver, cand, N, cfg)
+    vox = draws.field_bits(jax.random.fold_in(key, 1), (N, liver.shape[0] * liver.shape[1]))
+    return cand, position.sample_centres(u, liver, cand, N, cfg, vox)
   cand, c = f(jax.random.key(seed), liver)
   return np.asarray(cand), np.asarray(c)
 
@@ -67,7 +68,8 @@ def test_vessel_avoidance_keeps_centres_away_from_bright_vessels():
   def f(key):
     cand = position.candidates(ct, liver, spacing, cfg)
     u = draws.draw(key, position.position_layout(liver.shape, N, cfg))
-    return position.sample_centres(u, liver, cand, N, cfg)
+    vox = draws.field_bits(jax.random.fold_in(key, 1), (N, liver.shape[0] * liver.shape[1]))
+    return position.sample_centres(u, liver, cand, N, cfg, vox)
   c = np.asarray(f(jax.random.key(0)))
   assert np.all(np.abs(c[:, 0] - 19.5) >= 2 + 4 - 0.5)
 

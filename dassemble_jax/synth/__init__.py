@@ -5,7 +5,8 @@ generator; `SynthConfig` holds every controllable property.
 """
 
 from dassemble_jax.synth.config import SynthConfig, TumorKind, anchor_training_config
-from dassemble_jax.synth.generate import label_map, synthesize_tumors, synthesize_tumors_roi
+from dassemble_jax.synth.generate import (label_map, synthesize_batch, synthesize_tumors,
+                                          synthesize_tumors_roi)
 
 __all__ = ['SynthConfig', 'TumorKind', 'anchor_training_config', 'label_map',
-           'synthesize_tumors', 'synthesize_tumors_roi']
+           'synthesize_batch', 'synthesize_tumors', 'synthesize_tumors_roi']

@@ -43,11 +43,6 @@ def normal(u: jax.Array) -> jax.Array:
   return special.ndtri(jnp.clip(u, 1e-7, 1.0 - 1e-7))
 
 
-def gumbel(u: jax.Array) -> jax.Array:
-  """Standard Gumbel: argmax(logits + gumbel) samples the categorical of the logits."""
-  return -jnp.log(-jnp.log(jnp.clip(u, 1e-12, 1.0 - 1e-7)))
-
-
 def _mix32(x: jax.Array) -> jax.Array:
   """lowbias32 (C. Wellons' integer hash search): a bijective, well-mixed uint32 -> uint32."""
   x = x ^ (x >> 16)
@@ -65,10 +60,14 @@ def field_uniform(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
   noise, so the volume fields use a counter-based integer hash (two rounds of lowbias32 keyed by
   64 bits from threefry): one fused elementwise pass, a pure function of the key and the shape.
   """
-  seed = jax.random.bits(key, (2,), jnp.uint32)
-  n = math.prod(shape)
-  idx = jax.lax.iota(jnp.uint32, n)
-  x = _mix32(idx ^ seed[0])
-  x = _mix32(x + seed[1])
   # 24 high bits -> float32 in [0, 1) without rounding up to 1.
-  return ((x >> 8).astype(jnp.float32) * (1.0 / (1 << 24))).reshape(shape)
+  x = field_bits(key, shape)
+  return (x >> 8).astype(jnp.float32) * (1.0 / (1 << 24))
+
+
+def field_bits(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+  """Uniform uint32 bits of `shape` from the counter hash (see field_uniform)."""
+  seed = jax.random.bits(key, (2,), jnp.uint32)
+  idx = jax.lax.iota(jnp.uint32, math.prod(shape))
+  x = _mix32(idx ^ seed[0])
+  return _mix32(x + seed[1]).reshape(shape)

@@ -14,6 +14,7 @@ unchanged and info['valid'] = False.
 from __future__ import annotations
 
 import functools
+import math
 from typing import Sequence
 
 import jax
@@ -57,16 +58,18 @@ def synthesize_tumors(key: jax.Array, ct: jax.Array, liver_mask: jax.Array,
   n_slots = len(shapes.slot_kinds(cfg))
   layout = {'apply': (), 'edge': (), 'delta': (), **shapes.shape_layout(cfg),
             **position.position_layout(shape, n_slots, cfg), **texture.TEXTURE_LAYOUT}
-  k_small, k_field = jax.random.split(key)
+  k_small, k_field, k_voxel = jax.random.split(key, 3)
   u = draws.draw(k_small, layout)
   noise = draws.field_uniform(k_field, (2,) + shape)  # texture noise + Bernoulli uniforms
+  plane = math.prod(d for ax, d in enumerate(shape) if ax != cfg.cc_axis)
+  voxel_bits = draws.field_bits(k_voxel, (n_slots, plane))  # in-plane centre picks
 
   # --- what and where -------------------------------------------------------------------------
   params = shapes.sample_shape_params(u, cfg)
   liver_ok = jnp.sum(liver) >= cfg.min_liver_voxels
   applied = u['apply'] < cfg.prob
   cand = position.candidates(ct.astype(jnp.float32), liver, spacing, cfg)
-  centres = position.sample_centres(u, liver, cand, n_slots, cfg)
+  centres = position.sample_centres(u, liver, cand, n_slots, cfg, voxel_bits)
   active = params.active & liver_ok & applied
   params = params._replace(active=active)
 
@@ -112,6 +115,34 @@ def synthesize_tumors(key: jax.Array, ct: jax.Array, liver_mask: jax.Array,
       texture_smooth_sigma_mm=tex_params.sigma_b_mm,
   )
   return new_ct, geo, info
+
+
+def synthesize_batch(key: jax.Array, ct: jax.Array, liver_mask: jax.Array,
+                     spacing: tuple[float, float, float], cfg: SynthConfig,
+                     eligible: jax.Array | None = None):
+  """The training-step entry point: tumors for a batch, only where allowed.
+
+  Call inside the jitted train step (cfg and spacing are Python constants there):
+    ct, tumor, info = synthesize_batch(jax.random.fold_in(rng, step), ct, liver, spacing, cfg,
+                                       eligible=is_healthy_liver_source)
+    labels = where(tumor, TUMOR, labels); known[:, TUMOR] |= eligible  # healthy: tumor known
+  cfg.prob is the per-sample probability (the anchor: 0.9).
+
+  Args:
+    key: one PRNG key for the batch (split per sample here).
+    ct: (B, X, Y, Z) CT (HU, or scaled with cfg.hu_per_unit).
+    liver_mask: (B, X, Y, Z).
+    eligible: (B,) bool, samples that may get tumors (healthy-liver sources); default all.
+
+  Returns:
+    (new_ct (B, X, Y, Z), tumor_mask (B, X, Y, Z) bool, info with a leading batch axis).
+  """
+  liver = liver_mask.astype(jnp.bool_)
+  if eligible is not None:
+    # An ineligible sample sees an empty liver: the generator's defined no-tumor path.
+    liver = liver & eligible.astype(jnp.bool_)[:, None, None, None]
+  keys = jax.random.split(key, ct.shape[0])
+  return jax.vmap(lambda k, c, l: synthesize_tumors(k, c, l, spacing, cfg))(keys, ct, liver)
 
 
 def liver_roi_start(liver: jax.Array, roi_shape: Sequence[int]) -> jax.Array:

@@ -69,12 +69,16 @@ def position_layout(shape: tuple[int, ...], n: int, cfg: SynthConfig) -> dict:
   plane = 1
   for ax in range(3):
     plane *= shape[ax] if ax != cfg.cc_axis else 1
-  return {'frac': (n,), 'voxel': (n, plane)}
+  return {'frac': (n,)}
 
 
 def sample_centres(u: dict[str, jax.Array], liver: jax.Array, cand: jax.Array, n: int,
-                   cfg: SynthConfig) -> jax.Array:
-  """(n, 3) int32 centres: slice by cranio-caudal fraction, then a uniform candidate voxel in it."""
+                   cfg: SynthConfig, voxel_bits: jax.Array) -> jax.Array:
+  """(n, 3) int32 centres: slice by cranio-caudal fraction, then a uniform candidate voxel in it.
+
+  u['frac']: (n,) uniforms; voxel_bits: (n, plane) uint32 random bits for the in-plane pick
+  (plane = the product of the two in-plane sizes).
+  """
   ax = cfg.cc_axis
   other = tuple(a for a in range(3) if a != ax)
   length = liver.shape[ax]
@@ -92,8 +96,9 @@ def sample_centres(u: dict[str, jax.Array], liver: jax.Array, cand: jax.Array, n
   sl = jnp.argmin(dist, axis=1)                 # (n,)
   planes = jnp.moveaxis(jnp.take(cand, sl, axis=ax), ax, 0)  # (n, A, B)
   flat = planes.reshape(n, -1)
-  # Gumbel-max over the masked plane: a uniform pick among the candidate voxels.
-  pick = jnp.argmax(jnp.where(flat, draws.gumbel(u['voxel']), -jnp.inf), axis=-1)  # (n,)
+  # The argmax of iid random numbers over the candidates is a uniform pick among them (equal
+  # logits: no Gumbel transform needed). 32 bits make ties (first index wins) negligible.
+  pick = jnp.argmax(jnp.where(flat, voxel_bits | jnp.uint32(1), jnp.uint32(0)), axis=-1)  # (n,)
   u, v = jnp.unravel_index(pick, planes.shape[1:])
   coords = [None, None, None]
   coords[ax] = sl

@@ -133,14 +133,17 @@ def render_union(centres: jax.Array, params: ShapeParams, vol_shape: tuple[int, 
       continue
     half = box_half(kind.radius_mm, spacing, cfg)
     box = tuple(min(2 * h + 1, d) for h, d in zip(half, vol_shape))
-    masks, starts = jax.vmap(
-        lambda c, a, d: render_tumor(c, a, d, half, box, vol_shape, spacing))(
-            centres[idx], params.semi_axes_mm[idx], params.control_mm[idx])
-    masks = masks & params.active[idx][:, None, None, None]
+    idx = jnp.asarray(idx, jnp.int32)
 
-    def place(i, g, masks=masks, starts=starts, box=box):
-      cur = jax.lax.dynamic_slice(g, starts[i], box)
-      return jax.lax.dynamic_update_slice(g, cur | masks[i], starts[i])
+    def place(i, g, idx=idx, half=half, box=box):
+      # lax.cond skips inactive slots on a single volume (most of the work for whole scans);
+      # under vmap it becomes a select and every slot is drawn, as before.
+      def draw(g):
+        mask, start = render_tumor(centres[idx[i]], params.semi_axes_mm[idx[i]],
+                                   params.control_mm[idx[i]], half, box, vol_shape, spacing)
+        cur = jax.lax.dynamic_slice(g, start, box)
+        return jax.lax.dynamic_update_slice(g, cur | mask, start)
+      return jax.lax.cond(params.active[idx[i]], draw, lambda g: g, g)
 
-    geo = jax.lax.fori_loop(0, idx.size, place, geo)
+    geo = jax.lax.fori_loop(0, idx.shape[0], place, geo)
   return geo

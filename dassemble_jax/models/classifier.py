@@ -13,6 +13,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from dassemble_jax.models.upsample import flat_kernel_init
+
 
 def make_norm(kind: str, channels: int, *, dtype, rngs: nnx.Rngs, zero_scale: bool = False):
   """'batch' (running statistics, the usual ResNet) or 'group' (no state: identical in training
@@ -32,7 +34,8 @@ class ResidualBlock(nnx.Module):
   def __init__(self, in_ch: int, out_ch: int, stride: int, *, norm: str, dtype,
                rngs: nnx.Rngs):
     conv = lambda i, o, k, s: nnx.Conv(i, o, (k, k), strides=(s, s), padding="SAME",
-                                       use_bias=False, dtype=dtype, rngs=rngs)
+                                       use_bias=False, dtype=dtype, kernel_init=flat_kernel_init(),
+                                       rngs=rngs)  # 2-D draw: 4-D threefry compiles ~10 s/shape
     self.conv1 = conv(in_ch, out_ch, 3, stride)
     self.bn1 = make_norm(norm, out_ch, dtype=dtype, rngs=rngs)
     self.conv2 = conv(out_ch, out_ch, 3, 1)
@@ -60,7 +63,7 @@ class ResNetClassifier(nnx.Module):
                widths: Sequence[int] = (32, 64, 128), blocks_per_stage: int = 1,
                norm: str = "batch", dtype=jnp.float32, rngs: nnx.Rngs):
     self.stem = nnx.Conv(in_channels, widths[0], (3, 3), padding="SAME", use_bias=False,
-                         dtype=dtype, rngs=rngs)
+                         dtype=dtype, kernel_init=flat_kernel_init(), rngs=rngs)
     self.stem_bn = make_norm(norm, widths[0], dtype=dtype, rngs=rngs)
     blocks = []
     in_ch = widths[0]

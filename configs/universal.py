@@ -1,0 +1,160 @@
+"""The Universal Model on a CT assembly: train on the assembly and on each single source, compare.
+
+  python -m dassemble_jax.main --config=configs/universal.py --workdir=/tmp/universal
+  python -m dassemble_jax.main --config=configs/universal.py:tiny --workdir=/tmp/universal_tiny
+  python -m dassemble_jax.main --config=configs/universal.py:full --workdir=/data/universal \
+      --config.data.shard_dirs='("/shards/btcv", "/shards/lits", "/shards/kits19")' \
+      --config.data.test_dirs='("/shards_test/btcv", "/shards_test/lits", "/shards_test/kits19")'
+  python -m dassemble_jax.predict --workdir=/tmp/universal/runs/assembly --input=CT.nii.gz \
+      --output=/tmp/pred [--per_class]
+
+Default ('' / 'phantom'): the embedded procedural phantom, four sources (LiTS-, KiTS-, MSD
+spleen- and BTCV-like), each annotating its own classes. Sized for the dev machine: 4 mm voxels,
+24^3 crops, a U-Net with base width 4 (0.36M parameters instead of 19.1M), 32 output classes,
+120 steps per model, so the whole job (convert, 5 trainings, 5 evaluations, predictions, plots)
+is meant to take <= 15 minutes on 2 idle CPU cores (see benchmarks/universal_step.md for what it
+took on the shared, loaded machine).
+':tiny': the same code path in seconds (16^3 crops, base width 2, 3 steps): used by the tests.
+':full': the anchor's sizes (1.5 mm, 96^3 crops, U-Net 64..512 or Swin UNETR f=48, MiniLM text
+codes, AdamW 1e-4, batch 2 per device) for an accelerator; point `data.shard_dirs` at converted
+real datasets (`python -m dassemble_jax.ct.convert`), or keep the phantom.
+Append ',swin' to use Swin UNETR (e.g. 'full,swin').
+"""
+
+import ml_collections
+
+from dassemble_jax.ct import phantom
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  parts = [p for p in (arg or "").split(",") if p]
+  unknown = set(parts) - {"phantom", "tiny", "full", "swin"}
+  if unknown or ("tiny" in parts and "full" in parts):
+    raise ValueError(f"config argument {arg!r}: expected 'phantom', 'tiny' or 'full', "
+                     "optionally with ',swin'")
+  c = ml_collections.ConfigDict()
+  # Dispatch key read by dassemble_jax/main.py.
+  c.job = "universal"
+  # Model init, step rngs, Grain shuffling and crop sampling.
+  c.seed = 0
+
+  # --- data ------------------------------------------------------------------------------------
+  c.data = ml_collections.ConfigDict()
+  # Phantom sources to generate and convert into `workdir/data` when `shard_dirs` is empty.
+  c.data.phantom_sources = tuple(phantom.SOURCE_NAMES)
+  # Training cases per phantom source, and held-out cases per source (a different seed).
+  c.data.phantom_train_cases = 6
+  c.data.phantom_test_cases = 2
+  # Phantom volume in voxels at its native spacing (mm), before resampling to `spacing`.
+  c.data.phantom_shape = (96, 80, 64)
+  c.data.phantom_native_spacing = (1.875, 1.875, 2.5)
+  # Model voxel size in mm: conversion resamples every case to it (the anchor: 1.5).
+  c.data.spacing = 4.0
+  # Converted real datasets instead of the phantom: one folder per source (train split read) and
+  # the matching held-out folders (their 'train' split is evaluated; may be empty).
+  c.data.shard_dirs = ()
+  c.data.test_dirs = ()
+  # Grain worker processes (0: read in the main process; enough for small crops).
+  c.data.num_workers = 0
+  # Crops cut from each whole-volume read (the anchor: 2).
+  c.data.crops_per_record = 1
+  # Host window = crop + 2 * jitter per axis; the device takes a random crop inside it.
+  c.data.jitter = 2
+
+  # --- augmentation on the device (ct/augment.py) ----------------------------------------------
+  c.augment = ml_collections.ConfigDict()
+  c.augment.rot90_prob = 0.1
+  c.augment.shift_prob = 0.2
+  c.augment.shift = 0.1
+  c.augment.zoom_prob = 0.3
+  c.augment.zoom_range = (1.3, 1.5)
+
+  # --- model -----------------------------------------------------------------------------------
+  c.model = ml_collections.ConfigDict()
+  # 'unet' (the anchor's 3D U-Net) or 'swin' (Swin UNETR).
+  c.model.backbone = "unet"
+  # U-Net base width b (levels 2b..16b; the anchor: 32 -> 64/128/256/512).
+  c.model.base_channels = 4
+  # U-Net normalisation: 'batch' (the anchor) or 'group' (independent of the tiny batch).
+  c.model.norm = "group"
+  # Swin UNETR feature size (the anchor: 48; must divide by 12).
+  c.model.feature_size = 12
+  # Class codes: 'text' (embedding table, the paper), 'onehot' or 'learned' (ablations).
+  c.model.class_code = "text"
+  # Text table: '' computes MiniLM embeddings of the class prompts (cached in the workdir);
+  # a path loads a user's (32, D) .npy table (e.g. CLIP's 512-d).
+  c.model.embedding_table = ""
+  # Compute dtype: 'float32' or 'bfloat16' (parameters and optimiser stay float32).
+  c.compute_dtype = "float32"
+
+  # --- optimisation ----------------------------------------------------------------------------
+  # Crop edge in voxels (divisible by 8 for the U-Net, 32 for Swin UNETR).
+  c.crop_size = 24
+  # Global batch (must divide by the device count).
+  c.batch_size = 2
+  # Steps per model: the assembly and every single-source model get the same budget.
+  c.num_steps = 120
+  # AdamW peak learning rate, linear warm-up over `warmup_steps`, cosine to 1% of the peak.
+  c.learning_rate = 3e-3
+  c.warmup_steps = 10
+  c.weight_decay = 1e-5
+  c.grad_clip_norm = 1.0
+  # Log metrics every n steps; checkpoint every n steps (and at the end).
+  c.log_every = 20
+  c.checkpoint_every = 60
+
+  # --- evaluation and outputs ------------------------------------------------------------------
+  c.eval = ml_collections.ConfigDict()
+  # Sliding window: overlap between neighbours and windows per model call.
+  c.eval.overlap = 0.5
+  c.eval.sw_batch_size = 4
+  # Probability threshold for every class.
+  c.eval.threshold = 0.5
+  # NSD tolerance in mm (one for all classes).
+  c.eval.nsd_tolerance_mm = 4.0
+  # Run the anchor's post-processing (largest component, lung split, lesions in their hosts).
+  c.eval.postprocess = True
+  # Held-out cases drawn in the overlay PNG.
+  c.eval.num_overlays = 4
+  # Train one model per single source too (the comparison table); False: the assembly only.
+  c.train_single_sources = True
+  # Write NIfTI predictions of the assembly model for the held-out raw files.
+  c.write_predictions = True
+
+  if "tiny" in parts:
+    c.data.phantom_train_cases = 2
+    c.data.phantom_test_cases = 1
+    c.data.phantom_shape = (40, 36, 32)
+    c.data.phantom_native_spacing = (4.5, 4.5, 5.0)
+    c.data.spacing = 6.0
+    c.data.jitter = 1
+    c.model.base_channels = 2
+    c.model.class_code = "onehot"
+    c.crop_size = 16
+    c.num_steps = 3
+    c.warmup_steps = 1
+    c.log_every = 1
+    c.checkpoint_every = 2
+    c.eval.num_overlays = 2
+  if "full" in parts:
+    c.data.phantom_train_cases = 24
+    c.data.phantom_test_cases = 4
+    c.data.spacing = 1.5
+    c.data.jitter = 8
+    c.data.crops_per_record = 2
+    c.data.num_workers = 8
+    c.model.base_channels = 32
+    c.model.norm = "batch"
+    c.model.feature_size = 48
+    c.compute_dtype = "bfloat16"
+    c.crop_size = 96
+    c.num_steps = 40000
+    c.learning_rate = 1e-4
+    c.warmup_steps = 1000
+    c.log_every = 100
+    c.checkpoint_every = 2000
+    c.eval.nsd_tolerance_mm = 1.5
+  if "swin" in parts:
+    c.model.backbone = "swin"
+    c.crop_size = max(32, c.crop_size // 32 * 32)
+  return c

@@ -1,0 +1,140 @@
+"""Segment CT scans with a trained Universal Model: NIfTI in, label-map NIfTI out.
+
+  python -m dassemble_jax.predict --workdir=DIR/runs/assembly --input=CT.nii.gz --output=OUT
+  python -m dassemble_jax.predict --workdir=DIR/runs/assembly --input=FOLDER --output=OUT \
+      --per_class
+
+`--workdir` is a model's training folder (config.json, class_embeddings.npy,
+trained_classes.json, checkpoints/latest). Each input scan gives `OUT/<case>.nii.gz` (uint8
+universal ids 1..32, lesions over their organs, the input's own grid and affine) and, with
+`--per_class`, `OUT/<case>/<class>.nii.gz` (0/1). Classes the model was never trained on are
+not predicted. A file that is not a readable 3D NIfTI stops with an error naming it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+from typing import Any, Iterator
+
+from absl import app
+from absl import flags
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "Training folder of the model (checkpoints).")
+_INPUT = flags.DEFINE_string("input", None, "A NIfTI file or a folder of them.")
+_OUTPUT = flags.DEFINE_string("output", None, "Folder for the predicted label maps.")
+_PER_CLASS = flags.DEFINE_bool("per_class", False, "Also write one 0/1 file per class.")
+_SW_BATCH = flags.DEFINE_integer("sw_batch_size", None, "Windows per model call (default: "
+                                 "the config's eval.sw_batch_size).")
+
+
+class ModelDirError(ValueError):
+  """The --workdir is not a trained Universal Model folder."""
+
+
+@dataclasses.dataclass
+class LoadedModel:
+  """A restored model as a sliding-window apply function plus what prediction needs."""
+  config: Any
+  apply_fn: Any
+  variables: Any
+  predict_kwargs: dict
+  class_names: list
+  step: int
+
+
+def load_model(workdir: str) -> LoadedModel:
+  """Rebuilds the model of a training folder and restores its latest checkpoint."""
+  import jax
+  import jax.numpy as jnp
+  import ml_collections
+  import numpy as np
+  from dassemble_jax import checkpointing, sharding
+  from dassemble_jax.ct import taxonomy
+  from dassemble_jax.models import text_encoder
+  from dassemble_jax.segmentation import evaluate
+  from dassemble_jax.segmentation import train as seg_train
+
+  paths = {name: os.path.join(workdir, name) for name in
+           ("config.json", seg_train.EMBEDDINGS_FILE, seg_train.TRAINED_CLASSES_FILE)}
+  for name, path in paths.items():
+    if not os.path.isfile(path):
+      raise ModelDirError(f"{workdir}: no {name}; is this a Universal Model training folder "
+                          "(DIR/runs/<model>)?")
+  with open(paths["config.json"]) as f:
+    config = ml_collections.ConfigDict(json.load(f))
+  table = text_encoder.load_embedding_table(paths[seg_train.EMBEDDINGS_FILE],
+                                            num_classes=taxonomy.NUM_CLASSES)
+  with open(paths[seg_train.TRAINED_CLASSES_FILE]) as f:
+    trained = taxonomy.annotated_vector(json.load(f)).astype(bool)
+
+  comp = seg_train.compiled_for(config, table.shape[1])
+  abstract = jax.eval_shape(comp.init_state)
+  rep = sharding.replicated(comp.mesh)
+  abstract = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=rep),
+                          abstract)
+  ckpts = checkpointing.Checkpoints(workdir)
+  restored = ckpts.restore_latest(abstract)
+  ckpts.close()
+  if restored is None:
+    raise ModelDirError(f"{workdir}: no checkpoint under checkpoints/latest")
+  state, meta = restored
+  e = config.eval
+  thresholds = np.where(trained, float(e.threshold), 2.0).astype(np.float32)
+  return LoadedModel(
+      config=config,
+      apply_fn=evaluate.apply_fn_for(comp.eval_def, str(jnp.dtype(config.compute_dtype))),
+      variables=evaluate.host_variables(state, table),
+      predict_kwargs=dict(spacing=float(config.data.spacing),
+                          window=(int(config.crop_size),) * 3, overlap=float(e.overlap),
+                          sw_batch_size=int(e.sw_batch_size), thresholds=thresholds,
+                          postprocess=bool(e.postprocess)),
+      class_names=[c.name for c in taxonomy.CLASSES], step=int(meta["step"]))
+
+
+def predict_with(loaded: LoadedModel, inputs, output, *, per_class: bool = False,
+                 **overrides) -> Iterator:
+  """`segmentation.predict.predict_paths` with the loaded model; yields ScanResults."""
+  from dassemble_jax.segmentation import predict as seg_predict
+  kwargs = {**loaded.predict_kwargs, **overrides}
+  return seg_predict.predict_paths(loaded.apply_fn, inputs, output, per_class=per_class,
+                                   class_names=loaded.class_names, params=loaded.variables,
+                                   **kwargs)
+
+
+def predict_file(loaded: LoadedModel, in_path, out_path, **overrides):
+  """One scan to an explicit output path (for inputs whose file names repeat, e.g. KiTS)."""
+  from dassemble_jax.segmentation import predict as seg_predict
+  kwargs = {**loaded.predict_kwargs, **overrides}
+  return seg_predict.predict_file(loaded.apply_fn, in_path, out_path, params=loaded.variables,
+                                  class_names=loaded.class_names, **kwargs)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  from dassemble_jax.ct.nifti_io import CaseError
+  try:
+    loaded = load_model(_WORKDIR.value)
+  except ModelDirError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  overrides = {} if _SW_BATCH.value is None else {"sw_batch_size": _SW_BATCH.value}
+  print(f"model {_WORKDIR.value} (step {loaded.step}, {loaded.config.model.backbone})",
+        flush=True)
+  try:
+    for result in predict_with(loaded, _INPUT.value, _OUTPUT.value, per_class=_PER_CLASS.value,
+                               **overrides):
+      stages = ", ".join(f"{k} {v:.2f} s" for k, v in result.timings.items())
+      print(f"{result.label_map} ({stages})", flush=True)
+  except CaseError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  return 0
+
+
+if __name__ == "__main__":
+  flags.mark_flags_as_required(["workdir", "input", "output"])
+  app.run(lambda argv: sys.exit(main(argv)))

@@ -22,7 +22,7 @@ _PLANES = ((0, 1), (1, 2), (0, 2))
 
 
 def _bernstein(t):
-  return np.stack([(1 - t) ** 2, 2 * t * (1 - t), t ** 2])
+  return ((1 - t) ** 2, 2 * t * (1 - t), t ** 2)
 
 
 def _tumor_box(rng, kind, spacing, vol_shape, centre, cfg):
@@ -34,17 +34,22 @@ def _tumor_box(rng, kind, spacing, vol_shape, centre, cfg):
   half = [int(math.ceil(cfg.box_factor * kind.radius_mm / s)) for s in spacing]
   lo = [max(c - h, 0) for c, h in zip(centre, half)]
   hi = [min(c + h + 1, n) for c, h, n in zip(centre, half, vol_shape)]
-  q = list(np.meshgrid(*[((np.arange(a, b) - c) * s).astype(np.float32)
-                         for a, b, c, s in zip(lo, hi, centre, spacing)],
-                       indexing='ij', sparse=False))
+  # Coordinates (mm from the centre) as broadcastable 1D axes: the first plane warp depends on
+  # axes 0 and 1 only, so it runs on a 2D grid; the later ones on the 3D box.
+  axes = [((np.arange(a, b) - c) * s).astype(np.float32)
+          for a, b, c, s in zip(lo, hi, centre, spacing)]
+  q = [axes[0][:, None, None], axes[1][None, :, None], axes[2][None, None, :]]
   extent = [h * s for h, s in zip(half, spacing)]
+  c32 = ctrl.astype(np.float32)
   for p, (u, v) in enumerate(_PLANES):
     bu = _bernstein(np.clip(0.5 * (q[u] / extent[u] + 1), 0, 1))
     bv = _bernstein(np.clip(0.5 * (q[v] / extent[v] + 1), 0, 1))
-    w = bu[:, None] * bv[None, :]  # (3, 3, box)
-    d = np.tensordot(ctrl[p].astype(np.float32), w, axes=([0, 1], [0, 1]))  # (2, box)
-    q[u] = q[u] + d[0]
-    q[v] = q[v] + d[1]
+    du = dv = 0
+    for i in range(3):
+      du = du + bu[i] * (bv[0] * c32[p, i, 0, 0] + bv[1] * c32[p, i, 1, 0] + bv[2] * c32[p, i, 2, 0])
+      dv = dv + bu[i] * (bv[0] * c32[p, i, 0, 1] + bv[1] * c32[p, i, 1, 1] + bv[2] * c32[p, i, 2, 1])
+    q[u] = q[u] + du
+    q[v] = q[v] + dv
   inside = (q[0] / semi[0]) ** 2 + (q[1] / semi[1]) ** 2 + (q[2] / semi[2]) ** 2 <= 1
   return inside, tuple(slice(a, b) for a, b in zip(lo, hi))
 

@@ -97,7 +97,11 @@ def synthesize_tumors(key: jax.Array, ct: jax.Array, liver_mask: jax.Array,
     new_ct = jnp.where(liver & (change != 0), jnp.clip(new_ct, *cfg.clip), new_ct)
   # Exactly the input where nothing was inserted (blurring an empty mask is zero anyway).
   any_tumor = jnp.any(geo)
-  new_ct = jnp.where(any_tumor, new_ct, ct32).astype(ct.dtype)
+  new_ct = jnp.where(any_tumor, new_ct, ct32)
+  if jnp.issubdtype(ct.dtype, jnp.integer):  # HU stored as integers: round, do not truncate
+    info_t = jnp.iinfo(ct.dtype)
+    new_ct = jnp.clip(jnp.round(new_ct), info_t.min, info_t.max)
+  new_ct = new_ct.astype(ct.dtype)
 
   info = dict(
       valid=liver_ok & any_tumor,

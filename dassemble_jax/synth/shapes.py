@@ -105,7 +105,8 @@ def render_tumor(centre: jax.Array, semi_mm: jax.Array, control_mm: jax.Array, h
   q = []
   for ax in range(3):
     x = ((start[ax] + jnp.arange(box[ax])) - centre[ax]).astype(jnp.float32) * spacing[ax]
-    q.append(jnp.broadcast_to(x.reshape([-1 if a == ax else 1 for a in range(3)]), box))
+    # Kept broadcastable (not materialised): the first plane warp then runs on a 2D grid.
+    q.append(x.reshape([-1 if a == ax else 1 for a in range(3)]))
   extent = [max(h * s, 1e-6) for h, s in zip(half, spacing)]
   for p, (u, v) in enumerate(_PLANES):
     bu = _bernstein(jnp.clip(0.5 * (q[u] / extent[u] + 1.0), 0.0, 1.0))
@@ -119,7 +120,7 @@ def render_tumor(centre: jax.Array, semi_mm: jax.Array, control_mm: jax.Array, h
       du, dv = du + bu[i] * ru, dv + bu[i] * rv
     q[u], q[v] = q[u] + du, q[v] + dv
   r2 = sum(jnp.square(q[ax] / semi_mm[ax]) for ax in range(3))
-  return r2 <= 1.0, start.astype(jnp.int32)
+  return jnp.broadcast_to(r2 <= 1.0, box), start.astype(jnp.int32)
 
 
 def render_union(centres: jax.Array, params: ShapeParams, vol_shape: tuple[int, ...],

@@ -101,6 +101,8 @@ class SynthConfig:
   avoid_vessels: bool = False
   vessel_hu_margin: float = 25.0
   vessel_margin_mm: float = 4.0
+  # Mass effect: peak radial push (mm) of the tissue around each tumor; 0 = off.
+  mass_effect_mm: float = 0.0
   # Capsule: a rim this much brighter (HU) and this wide (mm) around each tumor; 0 = off.
   capsule_hu: float = 0.0
   capsule_mm: float = 1.5

@@ -7,7 +7,8 @@ Usage inside a jitted training step (cfg and spacing static, one compile per run
 
 Steps (reference/synthetic_tumors.md): position prior -> deformed ellipsoids (static slots with
 an `active` mask) -> union clipped to the liver -> texture for this volume -> edge blur -> HU
-decrement -> label = the unblurred union. An empty or too-small liver gives no tumor, the CT
+decrement -> label = the unblurred union; optional paper extras: vessel avoidance (position.py),
+mass effect (mass_effect.py), capsule (below). An empty or too-small liver gives no tumor, the CT
 unchanged and info['valid'] = False.
 """
 
@@ -21,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dassemble_jax.synth import draws, filters, position, shapes, texture
+from dassemble_jax.synth import draws, filters, mass_effect, position, shapes, texture
 from dassemble_jax.synth.config import SynthConfig
 
 
@@ -92,7 +93,11 @@ def synthesize_tumors(key: jax.Array, ct: jax.Array, liver_mask: jax.Array,
     rim = jnp.where(geo, 0.0, jnp.minimum(1.0, 2.0 * near))
     change = change - rim * (cfg.capsule_hu / cfg.hu_per_unit)
   ct32 = ct.astype(jnp.float32)
-  new_ct = jnp.where(liver, ct32 - change, ct32)
+  base = ct32
+  if cfg.mass_effect_mm:
+    disp = mass_effect.displacement(centres, params, shape, spacing, cfg)
+    base = mass_effect.warp(ct32, disp, spacing)
+  new_ct = jnp.where(liver, base - change, ct32)
   if cfg.clip is not None:
     new_ct = jnp.where(liver & (change != 0), jnp.clip(new_ct, *cfg.clip), new_ct)
   # Exactly the input where nothing was inserted (blurring an empty mask is zero anyway).

@@ -53,9 +53,14 @@ _SPLITS: dict = {}
 
 
 def load_splits(config) -> dict[str, dict[str, np.ndarray]]:
-  """The assembled train/validation/test arrays of a config (what `prepare` would store)."""
+  """The assembled train/validation/test arrays of a config (what `prepare` would store).
+
+  `config.test_subset` (optional, > 0): score a fixed random subset of that many test images
+  (permutation with seed 1234, the same for every run and setting) to save time on a CPU.
+  """
   d = config.data
-  fp = prepare._data_fingerprint(config)  # pylint: disable=protected-access
+  subset = int(config.get("test_subset", 0) or 0)
+  fp = prepare._data_fingerprint(config) + f"/{subset}"  # pylint: disable=protected-access
   if fp in _SPLITS:
     return _SPLITS[fp]
   raw_key = (d.dataset, d.source, d.path)
@@ -68,6 +73,10 @@ def load_splits(config) -> dict[str, dict[str, np.ndarray]]:
       raw, label_space, assembly.source_specs(d.sources), class_of_label=class_of_label,
       test_labels=[int(x) for x in d.test_labels], exclusive=bool(d.exclusive),
       data_seed=int(d.seed))
+  test = _SPLITS[fp]["test"]
+  if 0 < subset < len(test["label"]):
+    keep = np.sort(np.random.default_rng(1234).permutation(len(test["label"]))[:subset])
+    _SPLITS[fp]["test"] = {k: v[keep] for k, v in test.items()}
   return _SPLITS[fp]
 
 

@@ -12,11 +12,13 @@ N = 64  # centres drawn per check
 
 
 def _centres(liver, cfg, spacing, seed=0):
+  plane = int(np.prod([n for ax, n in enumerate(liver.shape) if ax != cfg.cc_axis]))
+
   @jax.jit
   def f(key, liver):
     cand = position.candidates(np.zeros(liver.shape, np.float32), liver, spacing, cfg)
     u = draws.draw(key, position.position_layout(liver.shape, N, cfg))
-    vox = draws.field_bits(jax.random.fold_in(key, 1), (N, liver.shape[0] * liver.shape[1]))
+    vox = draws.field_bits(jax.random.fold_in(key, 1), (N, plane))
     return cand, position.sample_centres(u, liver, cand, N, cfg, vox)
   cand, c = f(jax.random.key(seed), liver)
   return np.asarray(cand), np.asarray(c)
@@ -28,21 +30,24 @@ def _inplane_erosion(liver, r_vox, cc_axis=2):
   return ndimage.binary_erosion(liver, structure=np.ones(size, bool), border_value=0)
 
 
-@pytest.mark.parametrize('cranial_is_high', [True, False])
-def test_lower_third_of_the_liver(cranial_is_high):
+@pytest.mark.parametrize('cranial_is_high,cc_axis', [(True, 2), (False, 2), (True, 0)])
+def test_lower_third_of_the_liver(cranial_is_high, cc_axis):
   spacing = (1.5, 1.5, 3.0)
   _, liver = ellipsoid_liver((40, 36, 24), spacing, semi_mm=(27.0, 24.0, 33.0))
-  cfg = SynthConfig(cc_fraction=(0.0, 1 / 3), cranial_is_high=cranial_is_high)
+  if cc_axis == 0:  # the same liver in (depth, height, width) layout
+    liver, spacing = np.moveaxis(liver, 2, 0).copy(), (3.0, 1.5, 1.5)
+  cfg = SynthConfig(cc_fraction=(0.0, 1 / 3), cranial_is_high=cranial_is_high, cc_axis=cc_axis)
   cand, c = _centres(liver, cfg, spacing)
-  zs = np.nonzero(liver.any(axis=(0, 1)))[0]
+  other = tuple(a for a in range(3) if a != cc_axis)
+  zs = np.nonzero(liver.any(axis=other))[0]
   lo, hi = zs.min(), zs.max()
   third = (hi - lo) / 3
   assert np.all(liver[tuple(c.T)]) and np.all(cand[tuple(c.T)])
   if cranial_is_high:  # feet at low index: the lower third is at the bottom
-    assert c[:, 2].max() <= lo + third + 1
+    assert c[:, cc_axis].max() <= lo + third + 1
   else:
-    assert c[:, 2].min() >= hi - third - 1
-  assert len(np.unique(c[:, :2], axis=0)) > N // 2  # spread over the slices, not one voxel
+    assert c[:, cc_axis].min() >= hi - third - 1
+  assert len(np.unique(c[:, list(other)], axis=0)) > N // 2  # spread, not one voxel
 
 
 def test_candidates_are_the_inplane_eroded_liver_and_near_surface_the_shell():

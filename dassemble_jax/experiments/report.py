@@ -52,10 +52,10 @@ def markdown(summary, columns: Sequence[str], classes: Sequence[str],
 
 def bar_chart(path: str, summary, columns: Sequence[str], classes: Sequence[str],
               title: str) -> None:
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
-  fig, ax = plt.subplots(figsize=(1.0 + 0.9 * len(classes), 3.6))
+  # The object API (no pyplot): no global backend switch, so notebooks keep their inline plots.
+  from matplotlib.figure import Figure  # pylint: disable=import-outside-toplevel
+  fig = Figure(figsize=(1.0 + 0.9 * len(classes), 3.6))
+  ax = fig.subplots()
   width = 0.8 / max(1, len(columns))
   x = np.arange(len(classes))
   for i, col in enumerate(columns):
@@ -72,8 +72,7 @@ def bar_chart(path: str, summary, columns: Sequence[str], classes: Sequence[str]
   ax.legend(fontsize=7, ncol=min(5, len(columns)))
   fig.tight_layout()
   tmp = path + ".tmp.png"
-  fig.savefig(tmp, dpi=110)
-  plt.close(fig)
+  fig.savefig(tmp, dpi=110, format="png")
   os.replace(tmp, path)
 
 

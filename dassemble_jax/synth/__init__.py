@@ -1,7 +1,11 @@
 """Synthetic liver tumors on the device (reference/synthetic_tumors.md).
 
 `synthesize_tumors(key, ct, liver_mask, spacing, cfg)` is the pure, jittable, vmappable
-generator; `SynthConfig` holds every controllable property.
+generator; `SynthConfig` holds every controllable property. In a jitted training step call
+`synthesize_batch(key, ct, liver, spacing, cfg, eligible=healthy)` on the (B, X, Y, Z) batch;
+for whole scans `synthesize_tumors_roi` works in a static box around the liver. Commands:
+`python -m dassemble_jax.synth.overlay` (look at tumors in a real CT) and
+`python -m dassemble_jax.synth.sweep` (a robustness evaluation set, one property at a time).
 """
 
 from dassemble_jax.synth.config import SynthConfig, TumorKind, anchor_training_config

@@ -9,9 +9,9 @@
       --output=/tmp/pred [--per_class]
 
 Default ('' / 'phantom'): the embedded procedural phantom, four sources (LiTS-, KiTS-, MSD
-spleen- and BTCV-like), each annotating its own classes. Sized for the dev machine: 4 mm voxels,
+spleen- and BTCV-like), each annotating its own classes. Sized for the dev machine: 5 mm voxels,
 24^3 crops, a U-Net with base width 4 (0.36M parameters instead of 19.1M), 32 output classes,
-120 steps per model, so the whole job (convert, 5 trainings, 5 evaluations, predictions, plots)
+100 steps per model, so the whole job (convert, 5 trainings, 5 evaluations, predictions, plots)
 is meant to take <= 15 minutes on 2 idle CPU cores (see benchmarks/universal_step.md for what it
 took on the shared, loaded machine).
 ':tiny': the same code path in seconds (16^3 crops, base width 2, 3 steps): used by the tests.
@@ -49,7 +49,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.data.phantom_shape = (96, 80, 64)
   c.data.phantom_native_spacing = (1.875, 1.875, 2.5)
   # Model voxel size in mm: conversion resamples every case to it (the anchor: 1.5).
-  c.data.spacing = 4.0
+  c.data.spacing = 5.0
   # Converted real datasets instead of the phantom: one folder per source (train split read) and
   # the matching held-out folders (their 'train' split is evaluated; may be empty).
   c.data.shard_dirs = ()
@@ -93,7 +93,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # Global batch (must divide by the device count).
   c.batch_size = 2
   # Steps per model: the assembly and every single-source model get the same budget.
-  c.num_steps = 120
+  c.num_steps = 100
   # AdamW peak learning rate, linear warm-up over `warmup_steps`, cosine to 1% of the peak.
   c.learning_rate = 3e-3
   c.warmup_steps = 10
@@ -101,7 +101,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.grad_clip_norm = 1.0
   # Log metrics every n steps; checkpoint every n steps (and at the end).
   c.log_every = 20
-  c.checkpoint_every = 60
+  c.checkpoint_every = 50
 
   # --- evaluation and outputs ------------------------------------------------------------------
   c.eval = ml_collections.ConfigDict()

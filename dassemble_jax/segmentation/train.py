@@ -141,7 +141,9 @@ class Compiled:
     self.seed = int(config.seed)
 
   def init_state(self) -> State:
-    return self._init(jax.random.key(self.seed))
+    # 'rbg' keys: XLA's RngBitGenerator compiles in about half the time of threefry on the CPU
+    # (the init program is otherwise mostly random-number code, compiled once per process).
+    return self._init(jax.random.key(self.seed, impl="rbg"))
 
 
 _COMPILED: dict[tuple, Compiled] = {}

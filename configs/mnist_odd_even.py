@@ -14,9 +14,9 @@ Settings: D0 (odd digits only; outputs 1,3,5,7,9), D1 (even only), D0+D1 (assemb
 from dassemble_jax import config_base
 
 ODD, EVEN = (1, 3, 5, 7, 9), (0, 2, 4, 6, 8)
-# Per-source subset: 1,000 training + 500 validation images. Small on purpose: with all 30k
+# Per-source subset: 500 training + 250 validation images. Small on purpose: with all 30k
 # images per source every setting saturates near 100% AUC and the effect under study vanishes.
-NUM_TRAIN, NUM_VAL = 1000, 500
+NUM_TRAIN, NUM_VAL = 500, 250
 
 
 def get_config(arg: str | None = None):

@@ -42,6 +42,9 @@ def main(argv):
   if job == "classification":
     from dassemble_jax import train
     train.train_and_evaluate(config, _WORKDIR.value)
+  elif job == "universal":
+    from dassemble_jax.segmentation import job as universal_job
+    universal_job.run(config, _WORKDIR.value)
   else:
     raise app.UsageError(f"unknown job {job!r} in the config")
 

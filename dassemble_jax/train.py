@@ -103,22 +103,57 @@ def make_train_step(config, train_def, tx, mesh):
   return train_step
 
 
+def epoch_order(seed: int, n: int, steps_per_epoch: int, global_batch: int, epoch):
+  """(steps, global_batch) example indices of an epoch: a fresh permutation per epoch."""
+  perm = jax.random.permutation(jax.random.fold_in(jax.random.key(seed + 2), epoch), n)
+  return perm[: steps_per_epoch * global_batch].reshape(steps_per_epoch, global_batch)
+
+
 def make_epoch_fn(config, train_step, steps_per_epoch: int, global_batch: int):
   """One compiled call per epoch over resident data: permute, then `lax.scan` the steps."""
-  data_key = jax.random.key(config.seed + 2)
 
   def run_epoch(state: State, data: dict, epoch):
-    n = data["image"].shape[0]
-    perm = jax.random.permutation(jax.random.fold_in(data_key, epoch), n)
-    perm = perm[: steps_per_epoch * global_batch].reshape(steps_per_epoch, global_batch)
+    order = epoch_order(config.seed, data["image"].shape[0], steps_per_epoch, global_batch, epoch)
 
     def body(state, idx):
       return train_step(state, {k: data[k][idx] for k in _TRAIN_FIELDS})
 
-    state, per_step = jax.lax.scan(body, state, perm)
+    state, per_step = jax.lax.scan(body, state, order)
     return state, jax.tree.map(jnp.mean, per_step)
 
   return run_epoch
+
+
+def make_resident_loop_fn(config, train_step, steps_per_epoch: int, global_batch: int):
+  """The same epoch as `make_epoch_fn`, as a Python loop of jitted steps on resident data.
+
+  XLA:CPU runs convolutions inside a while loop ~10x slower than the same step called from
+  Python (benchmarks/train_throughput.md), so on CPU the loop is the fast path; on GPU/TPU the
+  scan removes the per-step dispatch and wins.
+  """
+  order_fn = jax.jit(epoch_order, static_argnums=(0, 1, 2, 3))
+  step = jax.jit(lambda state, data, idx: train_step(state, {k: data[k][idx]
+                                                             for k in _TRAIN_FIELDS}),
+                 donate_argnums=0)
+
+  def run_epoch(state: State, data: dict, epoch):
+    order = order_fn(config.seed, data["image"].shape[0], steps_per_epoch, global_batch, epoch)
+    sums = None
+    for i in range(steps_per_epoch):
+      state, m = step(state, data, order[i])
+      sums = m if sums is None else jax.tree.map(jnp.add, sums, m)
+    return state, jax.tree.map(lambda x: x / steps_per_epoch, sums)
+
+  return run_epoch
+
+
+def resident_epoch_mode(config) -> str:
+  mode = config.epoch_mode
+  if mode == "auto":
+    mode = "loop" if jax.default_backend() == "cpu" else "scan"
+  if mode not in ("scan", "loop"):
+    raise ValueError(f"epoch_mode must be 'auto', 'scan' or 'loop', got {config.epoch_mode!r}")
+  return mode
 
 
 def make_predict_fn(eval_def):
@@ -182,8 +217,11 @@ def train_and_evaluate(config, workdir: str) -> dict:
   if config.input_mode == "resident":
     train = arrayrecord_io.load_split_arrays(data_dir, "train")
     resident = sharding.put_replicated({k: train[k] for k in _TRAIN_FIELDS}, mesh)
-    run_epoch = jax.jit(make_epoch_fn(config, train_step, steps_per_epoch, config.batch_size),
-                        donate_argnums=0)
+    if resident_epoch_mode(config) == "scan":
+      run_epoch = jax.jit(make_epoch_fn(config, train_step, steps_per_epoch, config.batch_size),
+                          donate_argnums=0)
+    else:
+      run_epoch = make_resident_loop_fn(config, train_step, steps_per_epoch, config.batch_size)
     next_epoch = lambda state, epoch: run_epoch(state, resident, epoch)
   elif config.input_mode == "grain":
     from dassemble_jax.data import pipeline

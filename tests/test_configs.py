@@ -1,0 +1,41 @@
+"""Every config and its tiny variant load; bad arguments and unknown fields fail clearly."""
+
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+from configs import mnist_odd_even, mnist_overlap, mnist_zero
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("module,settings", [
+    (mnist_odd_even, ["D0", "D1", "D0+D1"]),
+    (mnist_overlap, ["D0", "D1", "partial", "full"]),
+    (mnist_zero, ["zero", "all"]),
+])
+def test_settings_and_tiny_variants(module, settings):
+  for s in settings:
+    full, tiny = module.get_config(s), module.get_config(f"{s},tiny")
+    assert full.data.label_space and tiny.data.label_space == full.data.label_space
+    assert all(t["num_train"] <= 48 for t in tiny.data.sources)
+  with pytest.raises(ValueError, match="expected one of"):
+    module.get_config("nonsense")
+
+
+def test_overlap_full_setting_annotates_every_class():
+  c = mnist_overlap.get_config("full")
+  for s in c.data.sources:
+    assert set(s["classes"]) == set(c.data.label_space)
+
+
+def test_unknown_config_field_is_a_clear_error(tmp_path):
+  out = subprocess.run([sys.executable, "-m", "dassemble_jax.main",
+                        "--config=configs/mnist_zero.py:tiny", f"--workdir={tmp_path}",
+                        "--config.no_such_field=3"], cwd=REPO, capture_output=True, text=True,
+                       timeout=120)
+  assert out.returncode != 0
+  assert "no_such_field" in out.stderr
+  assert not any(tmp_path.iterdir())  # nothing half-written

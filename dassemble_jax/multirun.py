@@ -232,21 +232,37 @@ def _select(is_best, new, best):
 _COMPILED: dict = {}
 
 
+def _epoch_mode(config) -> str:
+  """'scan' (accelerators) or 'loop' (CPU: XLA:CPU runs convolutions inside a while loop ~10x
+  slower than the same step dispatched from Python; see train.resident_epoch_mode)."""
+  mode = config.get("epoch_mode", "auto")
+  if mode == "auto":
+    mode = "loop" if jax.default_backend() == "cpu" else "scan"
+  if mode not in ("scan", "loop"):
+    raise ValueError(f"epoch_mode must be 'auto', 'scan' or 'loop', got {mode!r}")
+  return mode
+
+
 def _compiled(config, splits, seeds_arr, train_axes, val_axis, test_axis, data, val_images,
               test_images):
   """AOT-compiled (init, epoch, select, predict) for this recipe/shape/run count (cached)."""
   num_classes = splits["train"]["targets"].shape[-1]
   in_channels = splits["train"]["image"].shape[-1]
+  mode = _epoch_mode(config)
   key = (_recipe_key(config), _shape_key(splits), len(seeds_arr), train_axes, val_axis,
-         test_axis)
+         test_axis, mode)
   if key in _COMPILED:
     return _COMPILED[key]
   prog = Program(config, num_classes, in_channels, splits["train"]["image"].shape[0])
   init = jax.jit(jax.vmap(prog.init)).lower(seeds_arr).compile()
   state_shape = jax.eval_shape(jax.vmap(prog.init), seeds_arr)
-  epoch = jax.jit(jax.vmap(prog.epoch, in_axes=(0, dict(train_axes), val_axis, 0, None)),
-                  donate_argnums=0).lower(state_shape, data, val_images, seeds_arr,
-                                          jnp.int32(0)).compile()
+  train_axes = dict(train_axes)
+  if mode == "scan":
+    epoch = jax.jit(jax.vmap(prog.epoch, in_axes=(0, train_axes, val_axis, 0, None)),
+                    donate_argnums=0).lower(state_shape, data, val_images, seeds_arr,
+                                            jnp.int32(0)).compile()
+  else:
+    epoch = _loop_epoch(prog, state_shape, data, train_axes, val_images, val_axis, seeds_arr)
   best_shape = {k: state_shape[k] for k in ("params", "batch_stats")}
   select = jax.jit(_select).lower(jax.ShapeDtypeStruct(seeds_arr.shape, bool), best_shape,
                                   best_shape).compile()
@@ -254,6 +270,37 @@ def _compiled(config, splits, seeds_arr, train_axes, val_axis, test_axis, data, 
       best_shape, test_images).compile()
   _COMPILED[key] = (prog, init, epoch, select, predict)
   return _COMPILED[key]
+
+
+def _loop_epoch(prog, state_shape, data, train_axes, val_images, val_axis, seeds_arr):
+  """The epoch of `Program.epoch` as a Python loop over one compiled, vmapped step."""
+  n = data["image"].shape[1 if train_axes["image"] == 0 else 0]
+  bs, steps = prog.config.batch_size, prog.steps_per_epoch
+
+  def order(seed, epoch):  # the permutation Program.epoch draws
+    perm = jax.random.permutation(jax.random.fold_in(jax.random.key(seed + 2), epoch), n)
+    return perm[: steps * bs].reshape(steps, bs)
+
+  def one_step(state, data, idx, seed):
+    return prog.step(state, {k: data[k][idx] for k in _TRAIN_FIELDS}, seed)
+
+  order_fn = jax.jit(jax.vmap(order, in_axes=(0, None))).lower(seeds_arr, jnp.int32(0)).compile()
+  idx_shape = jax.ShapeDtypeStruct((len(seeds_arr), bs), jnp.int32)
+  step_fn = jax.jit(jax.vmap(one_step, in_axes=(0, train_axes, 0, 0)), donate_argnums=0).lower(
+      state_shape, data, idx_shape, seeds_arr).compile()
+  val_fn = jax.jit(jax.vmap(prog.predict, in_axes=(0, val_axis))).lower(
+      {k: state_shape[k] for k in ("params", "batch_stats")}, val_images).compile()
+
+  def epoch(state, data, val_images, seeds, ep):
+    idx = order_fn(seeds, ep)  # (runs, steps, batch)
+    sums = None
+    for i in range(steps):
+      state, m = step_fn(state, data, idx[:, i], seeds)
+      sums = m if sums is None else jax.tree.map(jnp.add, sums, m)
+    scores = val_fn({k: state[k] for k in ("params", "batch_stats")}, val_images)
+    return state, jax.tree.map(lambda x: x / steps, sums), scores
+
+  return epoch
 
 
 def run_group(runs: Sequence[Run], *, verbose: bool = True) -> list[dict]:

@@ -22,12 +22,21 @@ from typing import Any, Iterator
 from absl import app
 from absl import flags
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "Training folder of the model (checkpoints).")
-_INPUT = flags.DEFINE_string("input", None, "A NIfTI file or a folder of them.")
-_OUTPUT = flags.DEFINE_string("output", None, "Folder for the predicted label maps.")
-_PER_CLASS = flags.DEFINE_bool("per_class", False, "Also write one 0/1 file per class.")
-_SW_BATCH = flags.DEFINE_integer("sw_batch_size", None, "Windows per model call (default: "
-                                 "the config's eval.sw_batch_size).")
+
+
+def _define_flags():
+  """Flags exist only when this module is the program (the job imports it as a library)."""
+  return {
+      "workdir": flags.DEFINE_string("workdir", None, "Training folder of the model."),
+      "input": flags.DEFINE_string("input", None, "A NIfTI file or a folder of them."),
+      "output": flags.DEFINE_string("output", None, "Folder for the predicted label maps."),
+      "per_class": flags.DEFINE_bool("per_class", False, "Also write one 0/1 file per class."),
+      "sw_batch_size": flags.DEFINE_integer("sw_batch_size", None, "Windows per model call "
+                                            "(default: the config's eval.sw_batch_size)."),
+  }
+
+
+_FLAGS: dict = {}
 
 
 class ModelDirError(ValueError):
@@ -117,16 +126,17 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   from dassemble_jax.ct.nifti_io import CaseError
   try:
-    loaded = load_model(_WORKDIR.value)
+    loaded = load_model(_FLAGS["workdir"].value)
   except ModelDirError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
-  overrides = {} if _SW_BATCH.value is None else {"sw_batch_size": _SW_BATCH.value}
-  print(f"model {_WORKDIR.value} (step {loaded.step}, {loaded.config.model.backbone})",
+  sw_batch = _FLAGS["sw_batch_size"].value
+  overrides = {} if sw_batch is None else {"sw_batch_size": sw_batch}
+  print(f"model {_FLAGS['workdir'].value} (step {loaded.step}, {loaded.config.model.backbone})",
         flush=True)
   try:
-    for result in predict_with(loaded, _INPUT.value, _OUTPUT.value, per_class=_PER_CLASS.value,
-                               **overrides):
+    for result in predict_with(loaded, _FLAGS["input"].value, _FLAGS["output"].value,
+                               per_class=_FLAGS["per_class"].value, **overrides):
       stages = ", ".join(f"{k} {v:.2f} s" for k, v in result.timings.items())
       print(f"{result.label_map} ({stages})", flush=True)
   except CaseError as e:
@@ -136,5 +146,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  _FLAGS.update(_define_flags())
   flags.mark_flags_as_required(["workdir", "input", "output"])
   app.run(lambda argv: sys.exit(main(argv)))

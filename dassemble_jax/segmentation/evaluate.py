@@ -200,8 +200,9 @@ def overlay_png(path: str, cases: Sequence[HeldOutCase],
                            squeeze=False)
   for row, case in enumerate(cases):
     z = int(np.argmax((case.label & case.annotated).sum(axis=(0, 1, 3))))
-    # RAS array (x right, y anterior): transpose + flips give the radiological view.
-    view = lambda a: np.flip(np.swapaxes(a, 0, 1), axis=0)
+    # RAS array (index grows towards the patient's right and front): rows = y flipped (front
+    # up), columns = x flipped (patient's right on the image left): the radiological view.
+    view = lambda a: np.flip(np.swapaxes(a, 0, 1), axis=(0, 1))
     img = view(case.image[:, :, z])
     panels = [("CT", img, None), ("ground truth", img, view(case.label[:, :, z] & case.annotated))]
     panels += [(name, img, view(preds[case.name][:, :, z])) for name, preds in predictions.items()]

@@ -21,6 +21,7 @@ from typing import Any, Iterator
 
 from absl import app
 from absl import flags
+from absl import logging
 
 
 
@@ -124,6 +125,7 @@ def predict_file(loaded: LoadedModel, in_path, out_path, **overrides):
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  logging.set_verbosity(logging.WARNING)  # Orbax logs every restore at INFO
   from dassemble_jax.ct.nifti_io import CaseError
   try:
     loaded = load_model(_FLAGS["workdir"].value)

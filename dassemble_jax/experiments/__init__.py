@@ -1,1 +1,1 @@
-"""Runners for the paper's tables: many small runs as one vmapped program (dassemble_jax.multirun)."""
+"""Runners for the paper's tables: many small runs per compiled program (dassemble_jax.multirun)."""

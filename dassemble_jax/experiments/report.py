@@ -39,7 +39,8 @@ def markdown(summary, columns: Sequence[str], classes: Sequence[str],
       if cls == "mean":
         vals = np.array([np.nanmean([summary[col][c]["values"][i] for c in summary[col]])
                          for i in range(min(v["n"] for v in summary[col].values()))])
-        cells.append(f"{100 * vals.mean():.2f} ± {100 * vals.std(ddof=1) if vals.size > 1 else 0:.2f}")
+        sd = vals.std(ddof=1) if vals.size > 1 else 0.0
+        cells.append(f"{100 * vals.mean():.2f} ± {100 * sd:.2f}")
         continue
       e = summary[col].get(cls)
       cells.append("-" if e is None else f"{100 * e['mean']:.2f} ± {100 * e['std']:.2f}")

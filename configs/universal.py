@@ -45,6 +45,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # Training cases per phantom source, and held-out cases per source (a different seed).
   c.data.phantom_train_cases = 6
   c.data.phantom_test_cases = 2
+  # Validation cases per phantom source (a third seed): they pick the best checkpoint.
+  c.data.phantom_val_cases = 1
   # Phantom volume in voxels at its native spacing (mm), before resampling to `spacing`.
   c.data.phantom_shape = (96, 80, 64)
   c.data.phantom_native_spacing = (1.875, 1.875, 2.5)
@@ -54,6 +56,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # the matching held-out folders (their 'train' split is evaluated; may be empty).
   c.data.shard_dirs = ()
   c.data.test_dirs = ()
+  # Validation folders (converted; their 'train' and 'val' splits are read) for the best
+  # checkpoint; empty: the 'val' split of `shard_dirs` if they have one, else no selection.
+  # Only cases of the model's own training sources are used.
+  c.data.val_dirs = ()
   # Grain worker processes (0: read in the main process; enough for small crops).
   c.data.num_workers = 0
   # Crops cut from each whole-volume read (the anchor: 2).
@@ -102,6 +108,23 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # Log metrics every n steps; checkpoint every n steps (and at the end).
   c.log_every = 20
   c.checkpoint_every = 50
+  # Validate (mean DSC over the validation cases' annotated, trained classes) every n steps and
+  # at the end; the best-scoring state is saved as the best checkpoint, which evaluation and
+  # predictions use. 0: no validation (the latest state is evaluated).
+  c.eval_every = 50
+
+  # --- synthetic liver tumors in the train step (dassemble_jax/synth/training.py) ------------
+  c.synth = ml_collections.ConfigDict()
+  # Off here: configs/liver_synthetic.py turns it on.
+  c.synth.enabled = False
+  # Per-sample probability of inserting tumors into an eligible window (the anchor: 0.9).
+  c.synth.prob = 0.9
+  # Eligible sources by name; empty: every source that annotates the liver but not liver tumors.
+  c.synth.sources = ()
+  # Tumor kinds drawn per sample (reference table: tiny, small, medium, large, mix).
+  c.synth.kind_choices = ("tiny", "small", "medium", "large", "mix")
+  # HU decrement range of the tumors (the anchor: 65-145 HU, scaled by the texture).
+  c.synth.hu_decrement = (65.0, 145.0)
 
   # --- evaluation and outputs ------------------------------------------------------------------
   c.eval = ml_collections.ConfigDict()
@@ -135,6 +158,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.warmup_steps = 1
     c.log_every = 1
     c.checkpoint_every = 2
+    c.eval_every = 2
     c.eval.num_overlays = 2
   if "full" in parts:
     c.data.phantom_train_cases = 24
@@ -153,6 +177,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.warmup_steps = 1000
     c.log_every = 100
     c.checkpoint_every = 2000
+    c.eval_every = 2000
     c.eval.nsd_tolerance_mm = 1.5
   if "swin" in parts:
     c.model.backbone = "swin"

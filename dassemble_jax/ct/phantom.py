@@ -8,7 +8,9 @@ pancreas tumors (hypodense spheres inside their organ).
 
 `write_phantom_sources` writes several sources, each in a public dataset's own folder layout and
 annotating only that dataset's classes (LiTS-like liver + tumor, KiTS-like kidneys + tumor, an
-MSD spleen task, a BTCV-like 13-organ set), with a LPS-style affine and a coarser native
+MSD spleen task, a BTCV-like 13-organ set; and, outside the default four, a healthy-liver
+source in the CHAOS layout: liver only, no tumors, for training with synthetic tumors), with a
+LPS-style affine and a coarser native
 spacing, and converts each through `convert.convert_dataset`: the same path as real data.
 Everything is a function of the seed.
 """
@@ -139,8 +141,15 @@ _SOURCES = {
                               7: ("stomach",), 8: ("aorta",), 9: ("postcava",),
                               10: ("portal_splenic_vein",), 11: ("pancreas",),
                               12: ("adrenal_gland_right",), 13: ("adrenal_gland_left",)}, ()),
+    # Healthy livers (like the anchor's CHAOS/BTCV training CTs): the liver annotated, no
+    # tumors drawn and no tumor class, for `synth` training. Not a default source.
+    "phantom_healthy_liver": ("chaos", {1: ("liver",)}, ()),
 }
-SOURCE_NAMES = tuple(_SOURCES)
+# The default assembly (the universal job): unchanged when extra sources are added below it.
+SOURCE_NAMES = ("phantom_lits", "phantom_kits", "phantom_spleen", "phantom_btcv")
+# Every source; a source's index here seeds its cases, so new sources go at the end.
+ALL_SOURCE_NAMES = tuple(_SOURCES)
+HEALTHY_LIVER_SOURCES = ("phantom_healthy_liver",)
 
 
 def source_spec(name: str) -> datasets.DatasetSpec:
@@ -173,6 +182,9 @@ def _paths(layout_root: pathlib.Path, base: str, i: int):
   if base == "btcv":
     return (layout_root / "img" / f"img{i:04d}.nii.gz",
             layout_root / "label" / f"label{i:04d}.nii.gz")
+  if base == "chaos":
+    return (layout_root / "images" / f"liver_{i:03d}.nii.gz",
+            layout_root / "labels" / f"liver_{i:03d}.nii.gz")
   raise ValueError(f"no phantom layout for {base!r}")
 
 
@@ -181,7 +193,7 @@ def write_raw_source(name: str, raw_dir, num_cases: int, seed: int, *, shape=(96
   """Writes `num_cases` NIfTI pairs of source `name` in its dataset's layout under raw_dir."""
   base, table, tumors = _SOURCES[name]
   root = pathlib.Path(raw_dir)
-  source_index = SOURCE_NAMES.index(name)
+  source_index = ALL_SOURCE_NAMES.index(name)
   items = []
   for i in range(num_cases):
     rng = np.random.default_rng([seed, source_index, i])

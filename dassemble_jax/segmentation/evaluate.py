@@ -6,6 +6,10 @@ sliding-window probabilities -> threshold -> post-processing -> DSC and NSD for 
 case's source annotates AND the model was trained on (others NaN, skipped in every mean) -> scan
 -level tumor detection. Results: a table on stdout and `eval.json` in the workdir.
 
+Also here: `Validator` (the cheap mean-DSC score that picks the best checkpoint during
+training), `load_model` (a training folder's best checkpoint, else its latest, as a
+`predict.LoadedModel`) and `detection_by_radius` (lesion-level sensitivity per tumor radius bin).
+
 `overlay_png` draws an axial slice of a few held-out cases: CT, ground truth, and each model's
 prediction (matplotlib, Agg backend: no display needed).
 """
@@ -125,6 +129,16 @@ def evaluate_cases(apply_fn, variables, cases: Sequence[HeldOutCase], *, window,
           "masks": masks, "seconds_per_case": seconds}
 
 
+def trained_classes(config) -> np.ndarray:
+  """(32,) bool: classes the training config teaches: its sources' classes, plus liver tumors
+  when synthetic tumors are inserted into healthy livers (synth/training.py)."""
+  mask = trained_class_mask(list(config.data.shard_dirs))
+  from dassemble_jax.synth import training as synth_training
+  if synth_training.enabled(config):
+    mask[synth_training.LIVER_TUMOR - 1] = True
+  return mask
+
+
 def trained_class_mask(source_dirs: Sequence[str]) -> np.ndarray:
   """(32,) bool: the classes annotated by any training source (what a model can have learned)."""
   ids = set()
@@ -136,17 +150,148 @@ def trained_class_mask(source_dirs: Sequence[str]) -> np.ndarray:
 
 
 def evaluate_state(config, trained: Mapping[str, Any], test_dirs: Sequence[str]) -> dict:
-  """Evaluates the state returned by `train.train` on the held-out folders."""
+  """Evaluates the state returned by `train.train` (its best validated state when it has one)
+  on the held-out folders."""
   comp = trained["compiled"]
   apply_fn = apply_fn_for(comp.eval_def, str(jnp.dtype(config.compute_dtype)))
-  variables = host_variables(trained["state"], trained["table"])
+  variables = host_variables(trained.get("eval_state", trained["state"]), trained["table"])
   e = config.eval
   return evaluate_cases(apply_fn, variables, load_cases(test_dirs),
                         window=(int(config.crop_size),) * 3, overlap=float(e.overlap),
                         sw_batch_size=int(e.sw_batch_size), threshold=float(e.threshold),
                         postprocess=bool(e.postprocess),
                         nsd_tolerance_mm=float(e.nsd_tolerance_mm),
-                        trained_classes=trained_class_mask(list(config.data.shard_dirs)))
+                        trained_classes=trained_classes(config))
+
+
+# ------------------------------------------------------------------------------------------------
+# Validation during training: picks the best checkpoint.
+
+class Validator:
+  """Mean DSC of a train state on validation cases, cheap enough to run every `eval_every` steps:
+  no post-processing, no NSD. The score is the mean over every (case, class) pair the case
+  annotates and the model is trained on (NaN when there is none)."""
+
+  def __init__(self, config, comp, table, cases: Sequence[HeldOutCase]):
+    self.cases = list(cases)
+    self.apply_fn = apply_fn_for(comp.eval_def, str(jnp.dtype(config.compute_dtype)))
+    self.table = table
+    self.trained = trained_classes(config)
+    self.thresholds = np.where(self.trained, float(config.eval.threshold), 2.0).astype(np.float32)
+    self.kwargs = dict(window=(int(config.crop_size),) * 3, overlap=float(config.eval.overlap),
+                       sw_batch_size=int(config.eval.sw_batch_size))
+
+  @classmethod
+  def for_config(cls, config, comp, table, source_names: Sequence[str]) -> "Validator | None":
+    """The validation cases of the training sources: `data.val_dirs` (splits 'train' and 'val'),
+    else the 'val' split of `data.shard_dirs`; None when there are none or eval_every is 0."""
+    if not int(config.get("eval_every", 0) or 0):
+      return None
+    val_dirs = list(config.data.get("val_dirs", ()) or ())
+    if val_dirs:
+      cases = load_cases(val_dirs)
+    else:
+      with_val = [d for d in config.data.shard_dirs
+                  if arrayrecord_io.read_manifest(d)["cases"].get("val")]
+      cases = load_cases(with_val, splits=("val",)) if with_val else []
+    cases = [c for c in cases if c.source in set(source_names)]
+    return cls(config, comp, table, cases) if cases else None
+
+  def score(self, state) -> float:
+    variables = host_variables(state, self.table)
+    scores = []
+    for case in self.cases:
+      pred = seg_predict.predict_volume(self.apply_fn, case.image, params=variables,
+                                        thresholds=self.thresholds, postprocess=False,
+                                        **self.kwargs)
+      for k in np.flatnonzero(case.annotated & self.trained):
+        scores.append(seg_metrics.dice(pred[..., k], case.label[..., k]))
+    scores = np.asarray(scores, np.float64)
+    return float(np.nanmean(scores)) if np.isfinite(scores).any() else float("nan")
+
+
+def load_model(workdir: str, checkpoint: str = "best"):
+  """`predict.load_model(workdir)` with the best checkpoint's variables when the folder has one
+  (checkpoint='best'); checkpoint='latest' keeps the latest. Raises predict.ModelDirError (naming
+  the folder) for a missing or unreadable checkpoint."""
+  from dassemble_jax import checkpointing
+  from dassemble_jax import predict as predict_cli
+  loaded = predict_cli.load_model(workdir)
+  if checkpoint == "latest":
+    return loaded
+  if checkpoint != "best":
+    raise ValueError(f"checkpoint must be 'best' or 'latest', got {checkpoint!r}")
+  from dassemble_jax import sharding
+  from dassemble_jax.segmentation import train as seg_train
+  table = np.asarray(jax.device_get(loaded.variables[2]))
+  comp = seg_train.compiled_for(loaded.config, table.shape[1])
+  rep = sharding.replicated(comp.mesh)
+  abstract = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=rep),
+                          jax.eval_shape(comp.init_state))
+  ckpts = checkpointing.Checkpoints(workdir)
+  try:
+    restored = ckpts.restore_best(abstract)
+  except Exception as e:  # noqa: BLE001 - a damaged checkpoint: say which folder
+    raise predict_cli.ModelDirError(
+        f"{workdir}/checkpoints/best: cannot restore the best checkpoint ({e})") from e
+  finally:
+    ckpts.close()
+  if restored is None:
+    return loaded
+  state, meta = restored
+  return dataclasses.replace(loaded, variables=host_variables(state, table),
+                             step=int(meta["step"]))
+
+
+# ------------------------------------------------------------------------------------------------
+# Lesion-level detection by size.
+
+RADIUS_BINS_MM = (0.0, 5.0, 10.0, float("inf"))
+
+
+def bin_name(lo: float, hi: float) -> str:
+  return f">{lo:g}mm" if not np.isfinite(hi) else f"{lo:g}-{hi:g}mm"
+
+
+def lesion_components(mask: np.ndarray, spacing) -> tuple[np.ndarray, np.ndarray]:
+  """Connected components (26-connectivity) of a 3D mask: (labels (X, Y, Z) int32, radii (n,)
+  mm), radius = that of the sphere of the component's volume, (3 V / 4 pi)^(1/3)."""
+  from scipy import ndimage
+  labels, n = ndimage.label(mask, structure=np.ones((3, 3, 3), bool))
+  counts = np.bincount(labels.ravel(), minlength=n + 1)[1:]
+  volume = counts * float(np.prod(np.asarray(spacing, np.float64)))
+  return labels.astype(np.int32), (3.0 * volume / (4.0 * np.pi)) ** (1.0 / 3.0)
+
+
+def detection_by_radius(pred: np.ndarray, gt: np.ndarray, spacing,
+                        bins: Sequence[float] = RADIUS_BINS_MM) -> dict:
+  """Lesion-level sensitivity per equivalent-radius bin for one scan.
+
+  pred, gt: (X, Y, Z) bool tumor masks. A true lesion (connected component of gt) is detected
+  when the prediction overlaps it by at least one voxel. Returns {bin name: {'n', 'detected'}}
+  with bins [lo, hi) in mm.
+  """
+  labels, radii = lesion_components(np.asarray(gt, bool), spacing)
+  hit = np.zeros(len(radii) + 1, bool)
+  hit[np.unique(labels[np.asarray(pred, bool)])] = True
+  out = {}
+  for lo, hi in zip(bins[:-1], bins[1:]):
+    inside = (radii >= lo) & (radii < hi)
+    out[bin_name(lo, hi)] = {"n": int(inside.sum()), "detected": int(hit[1:][inside].sum())}
+  return out
+
+
+def sum_detections(per_scan: Sequence[Mapping[str, Mapping[str, int]]]) -> dict:
+  """Adds `detection_by_radius` results over scans and computes sensitivity (NaN if n = 0)."""
+  total: dict[str, dict] = {}
+  for scan in per_scan:
+    for name, d in scan.items():
+      t = total.setdefault(name, {"n": 0, "detected": 0})
+      t["n"] += d["n"]
+      t["detected"] += d["detected"]
+  for t in total.values():
+    t["sensitivity"] = t["detected"] / t["n"] if t["n"] else float("nan")
+  return total
 
 
 def write_results(workdir: str, results: Mapping[str, Any], title: str = "") -> str:

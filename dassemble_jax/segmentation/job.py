@@ -4,12 +4,15 @@
 
 `run(config, workdir)`:
 1. data: the phantom sources are generated and converted into DIR/data once (training cases,
-   and held-out cases drawn with another seed into DIR/data/test_*); or the converted real
-   datasets of `config.data.shard_dirs` / `test_dirs` are used as they are;
+   held-out cases drawn with another seed into DIR/data/test_*, validation cases with a third
+   seed into DIR/data/val_*); or the converted real datasets of `config.data.shard_dirs` /
+   `test_dirs` / `val_dirs` are used as they are;
 2. the class-embedding table is computed once (DIR/class_embeddings.npy) and shared;
 3. one model on the assembly of all sources (DIR/runs/assembly) and, with
    `train_single_sources`, one per single source (DIR/runs/<source>), all with the same number
-   of steps, batch and schedule; each resumes from its own checkpoints when rerun;
+   of steps, batch and schedule; each resumes from its own checkpoints when rerun, and keeps
+   the state with the best validation mean DSC (on its own sources' validation cases) as its
+   best checkpoint, which the evaluation and the predictions use;
 4. every model is evaluated on the same pooled held-out cases, each on the classes it was trained
    on; the comparison table (per-class DSC, assembly vs each single source) is printed and saved
    (DIR/comparison.txt, DIR/comparison.json);
@@ -34,6 +37,7 @@ from dassemble_jax.segmentation import evaluate
 from dassemble_jax.segmentation import train as seg_train
 
 _TEST_SEED_OFFSET = 1000  # held-out phantom cases: same generator, another seed
+_VAL_SEED_OFFSET = 2000   # validation cases (best checkpoint): a third seed
 
 
 def _converted(folder: pathlib.Path) -> bool:
@@ -45,16 +49,20 @@ def _converted(folder: pathlib.Path) -> bool:
 
 
 def phantom_data(config, data_root) -> dict[str, dict[str, pathlib.Path]]:
-  """Generates + converts the phantom sources once; {'train'|'test'|'raw_test': {source: dir}}."""
+  """Generates + converts the phantom sources once;
+  {'train'|'test'|'raw_test'|'val': {source: dir}} ('val' empty with phantom_val_cases 0)."""
   d = config.data
   root = pathlib.Path(data_root)
-  out = {"train": {}, "test": {}, "raw_test": {}}
-  for kind, cases, seed in (("train", d.phantom_train_cases, config.seed),
-                            ("test", d.phantom_test_cases, config.seed + _TEST_SEED_OFFSET)):
+  out = {"train": {}, "test": {}, "raw_test": {}, "val": {}}
+  kinds = [("train", d.phantom_train_cases, config.seed),
+           ("test", d.phantom_test_cases, config.seed + _TEST_SEED_OFFSET)]
+  if int(d.get("phantom_val_cases", 0) or 0) > 0:
+    kinds.append(("val", d.phantom_val_cases, config.seed + _VAL_SEED_OFFSET))
+  for kind, cases, seed in kinds:
     for name in d.phantom_sources:
       spec = phantom.source_spec(name)
-      shards = root / ("shards" if kind == "train" else "test_shards") / name
-      raw = root / ("raw" if kind == "train" else "test_raw") / name
+      shards = root / ("shards" if kind == "train" else f"{kind}_shards") / name
+      raw = root / ("raw" if kind == "train" else f"{kind}_raw") / name
       if not _converted(shards):
         if jax.process_index() == 0:
           phantom.write_raw_source(name, raw, int(cases), int(seed),
@@ -82,6 +90,7 @@ def with_phantom_data(config, workdir: str):
   with cfg.unlocked():
     cfg.data.shard_dirs = tuple(str(p) for p in data["train"].values())
     cfg.data.test_dirs = tuple(str(p) for p in data["test"].values())
+    cfg.data.val_dirs = tuple(str(p) for p in data["val"].values())
   return cfg
 
 
@@ -137,9 +146,11 @@ def run(config, workdir: str) -> dict:
     train_dirs = {arrayrecord_io.read_manifest(p)["sources"][0]: p
                   for p in config.data.shard_dirs}
     test_dirs, raw_test = list(config.data.test_dirs), {}
+    val_dirs = list(config.data.get("val_dirs", ()) or ())
   else:
     data = phantom_data(config, os.path.join(workdir, "data"))
     train_dirs, test_dirs, raw_test = data["train"], list(data["test"].values()), data["raw_test"]
+    val_dirs = list(data["val"].values())
   print(f"data ready in {time.perf_counter() - t0:.1f} s: {len(train_dirs)} sources", flush=True)
   # One table for every model: computed (or loaded) once at the top of the workdir.
   table_path = os.path.join(workdir, seg_train.EMBEDDINGS_FILE)
@@ -154,8 +165,10 @@ def run(config, workdir: str) -> dict:
   for name, dirs in runs.items():
     print(f"\n=== model '{name}': {len(dirs)} source(s), {config.num_steps} steps ===",
           flush=True)
+    # Every model gets all validation folders; train.py keeps the cases of its own sources.
     cfg = _with(config, **{"data.shard_dirs": tuple(str(d) for d in dirs),
-                           "data.test_dirs": tuple(str(d) for d in test_dirs)})
+                           "data.test_dirs": tuple(str(d) for d in test_dirs),
+                           "data.val_dirs": tuple(str(d) for d in val_dirs)})
     out = seg_train.train_and_evaluate(cfg, os.path.join(workdir, "runs", name))
     masks[name] = out.pop("masks", {})
     results[name] = out
@@ -206,7 +219,7 @@ def _write_predictions(config, workdir: str, raw_test: dict) -> list[str]:
   """The assembly model on the held-out raw NIfTI scans -> DIR/predictions/<source>/<case>."""
   from dassemble_jax import predict as predict_cli
   model_dir = os.path.join(workdir, "runs", "assembly")
-  loaded = predict_cli.load_model(model_dir)
+  loaded = evaluate.load_model(model_dir)  # the best validated checkpoint
   written = []
   for name, raw in raw_test.items():
     for img in _raw_images(pathlib.Path(raw)):

@@ -5,14 +5,19 @@
 evaluated on `config.data.test_dirs`. The steps:
   mesh over every device -> class-embedding table (once) -> replicated state from a jitted init
   -> Grain host batches (windows + bitmask labels) -> jitted, donated step: on-device crop and
-  augmentation, forward, masked BCE + Dice over the annotated (sample, class) pairs, clipped
-  AdamW with warm-up + cosine -> Orbax checkpoints with the Grain iterator state (a rerun
-  resumes exactly) -> TensorBoard + JSON lines -> sliding-window evaluation (evaluate.py).
+  augmentation (with `config.synth.enabled`: synthetic liver tumors into the windows of
+  healthy-liver sources first, synth/training.py), forward, masked BCE + Dice over the annotated
+  (sample, class) pairs, clipped AdamW with warm-up + cosine -> Orbax checkpoints with the Grain
+  iterator state (a rerun resumes exactly) -> every `eval_every` steps and at the end, mean DSC
+  on the validation cases of the training sources; the best state is also saved as the best
+  checkpoint -> TensorBoard + JSON lines -> sliding-window evaluation of the best state
+  (evaluate.py).
 
 The compiled init, step and predictor are cached per model/optimiser configuration, so the
 job's single-source models (same shapes and budget) reuse the assembly model's compilation.
 Files in the workdir: config.json and class_embeddings.npy (what `dassemble_jax.predict`
-needs to rebuild the model), checkpoints/, metrics.jsonl, tb/, eval.json.
+needs to rebuild the model), checkpoints/{latest,best}, metrics.jsonl (with val/mean_dsc),
+tb/, eval.json.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ from dassemble_jax.ct import taxonomy
 from dassemble_jax.models import text_encoder
 from dassemble_jax.models.universal_head import UniversalModel
 from dassemble_jax.segmentation import losses as seg_losses
+from dassemble_jax.synth import training as synth_training
 
 State = dict[str, Any]  # {'step', 'params', 'batch_stats', 'opt_state'}
 NUM_CLASSES = taxonomy.NUM_CLASSES
@@ -113,8 +119,11 @@ def _signature(config, embed_dim: int) -> str:
   """What the compiled init/step depend on (not the data folders): a hashable cache key."""
   keys = ("model", "augment", "compute_dtype", "crop_size", "batch_size", "num_steps",
           "learning_rate", "warmup_steps", "weight_decay", "grad_clip_norm", "seed")
-  return json.dumps({k: config[k].to_dict() if hasattr(config[k], "to_dict") else config[k]
-                     for k in keys} | {"embed_dim": embed_dim}, sort_keys=True, default=str)
+  sig = {k: config[k].to_dict() if hasattr(config[k], "to_dict") else config[k] for k in keys}
+  # Synthesis changes the step (and its batch fields); its spacing is the data's.
+  if synth_training.enabled(config):
+    sig["synth"] = config.synth.to_dict() | {"spacing": synth_training.spacing_of(config)}
+  return json.dumps(sig | {"embed_dim": embed_dim}, sort_keys=True, default=str)
 
 
 class Compiled:
@@ -161,12 +170,16 @@ def make_train_step(config, train_def, tx, mesh):
   """A pure `train_step(state, host_batch, table) -> (state, metrics)`.
 
   host_batch: the Grain batch as global arrays (windows, uint32 bitmask labels, annotated,
-  source, zoom_ok), sharded on 'data'; the crop/augmentation rng is fold_in(seed key, step).
+  source, zoom_ok; with synthesis also synth_ok), sharded on 'data'; the crop/augmentation rng
+  is fold_in(seed key, step), the synthesis rng fold_in(another seed key, step).
   """
   base_key = jax.random.key(int(config.seed) + 1)
+  synth_key = jax.random.key(int(config.seed) + 2)
   batch_sharding = sharding.batch_sharded(mesh)
   aug = augment_config(config)
   dtype = _DTYPES[config.compute_dtype]
+  synth_cfg = synth_training.synth_config(config) if synth_training.enabled(config) else None
+  spacing = synth_training.spacing_of(config)
 
   def loss_fn(params, batch_stats, data, table):
     # Fresh Variables at this trace level: BatchNorm mutates its statistics inside the grad trace.
@@ -179,6 +192,13 @@ def make_train_step(config, train_def, tx, mesh):
   def train_step(state: State, batch, table) -> tuple[State, dict]:
     batch = jax.lax.with_sharding_constraint(batch, batch_sharding)
     key = jax.random.fold_in(base_key, state["step"])
+    extra = {}
+    if synth_cfg is not None:
+      # On the host window, before the crop: the generator sees the data's own voxel spacing.
+      batch = synth_training.synthesize_window_batch(
+          jax.random.fold_in(synth_key, state["step"]), batch, spacing, synth_cfg)
+      extra["synth_tumor_voxels"] = jnp.sum(batch.pop("synth_tumor_voxels"))
+      extra["synth_samples"] = jnp.sum(batch.pop("synth_ok").astype(jnp.int32))
     data = ct_augment.augment_batch(key, batch, aug)
     (_, (loss, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
         state["params"], state["batch_stats"], data, table)
@@ -187,7 +207,8 @@ def make_train_step(config, train_def, tx, mesh):
     new_state = {"step": state["step"] + 1, "params": params, "batch_stats": batch_stats,
                  "opt_state": opt_state}
     return new_state, {"loss": loss.total, "bce": loss.bce, "dice": loss.dice,
-                       "annotated_pairs": loss.num_pairs, "grad_norm": optax.tree.norm(grads)}
+                       "annotated_pairs": loss.num_pairs, "grad_norm": optax.tree.norm(grads),
+                       **extra}
 
   return train_step
 
@@ -220,7 +241,9 @@ def _write_json(path: str, obj) -> None:
 # The job of one model.
 
 def train(config, workdir: str, *, stop_at_step: int | None = None) -> dict:
-  """Trains (or resumes) one model in `workdir`; returns {'state', 'compiled', 'table', ...}.
+  """Trains (or resumes) one model in `workdir`; returns {'state', 'eval_state', 'compiled',
+  'table', ...}: 'state' is the last state, 'eval_state' the best validated one (the last
+  when there is no validation).
 
   `stop_at_step` stops early after checkpointing that step (a simulated preemption, for tests).
   """
@@ -233,46 +256,72 @@ def train(config, workdir: str, *, stop_at_step: int | None = None) -> dict:
   sharding.check_global_batch(int(config.batch_size), mesh)
   _write_json(os.path.join(workdir, "config.json"), json.loads(config.to_json()))
   from dassemble_jax.segmentation import evaluate
-  trained_ids = [int(i) + 1 for i in np.flatnonzero(evaluate.trained_class_mask(shard_dirs))]
+  trained_ids = [int(i) + 1 for i in np.flatnonzero(evaluate.trained_classes(config))]
   _write_json(os.path.join(workdir, TRAINED_CLASSES_FILE), trained_ids)
   table = class_table(config, workdir)
   table_dev = sharding.put_replicated(table, mesh)
   comp = compiled_for(config, table.shape[1])
+  eligible = (synth_training.eligible_sources(config, shard_dirs)
+              if synth_training.enabled(config) else None)
 
   state = comp.init_state()
   iterator = make_iterator(config, shard_dirs, mesh)
   ckpts = checkpointing.Checkpoints(workdir)
-  meta = {"step": 0, "iterator": None, "sources": ct_pipeline.source_names(shard_dirs)}
+  meta = {"step": 0, "iterator": None, "sources": ct_pipeline.source_names(shard_dirs),
+          "best_score": None, "best_step": None}
   restored = ckpts.restore_latest(checkpointing.abstract_like(state))
   if restored is not None:
     state, meta = restored
     iterator.set_state(meta["iterator"])
     print(f"Resumed {workdir} at step {meta['step']}", flush=True)
+  validator = evaluate.Validator.for_config(config, comp, table, meta["sources"])
+  best_score, best_step = meta.get("best_score"), meta.get("best_step")
 
   total = int(config.num_steps)
   end = total if stop_at_step is None else min(total, int(stop_at_step))
+  eval_every = int(config.get("eval_every", 0) or 0)
   writer = metric_writer.MetricWriter(workdir)
   progress = metric_writer.Progress(total, int(meta["step"]), int(config.batch_size))
   last = {}
   start_time = time.perf_counter()
   for step in range(int(meta["step"]) + 1, end + 1):
     host = ct_augment.host_to_device_fields(next(iterator))
+    if eligible is not None:
+      host = synth_training.mark_eligible(host, eligible)
     state, step_metrics = comp.step(state, sharding.put_batch(host, mesh, int(config.batch_size)),
                                     table_dev)
+    scalars = {}
     if step % int(config.log_every) == 0 or step == end:
       last = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
       if not np.isfinite(last["loss"]):
         raise FloatingPointError(f"loss became {last['loss']} at step {step}; lower the "
                                  "learning rate or check the data")
-      writer.write(step, {f"train/{k}": v for k, v in last.items()})
+      scalars.update({f"train/{k}": v for k, v in last.items()})
       progress.report(step, loss=last["loss"], dice=last["dice"])
-    if step % int(config.checkpoint_every) == 0 or step == end:
-      meta = {"step": step, "iterator": iterator.get_state(), "sources": meta["sources"]}
-      ckpts.save(step, state, meta, is_best=False)
+    improved = False
+    if validator is not None and eval_every > 0 and (step % eval_every == 0 or step == total):
+      # Validation: mean DSC of the state after this step; a NaN score never becomes the best.
+      score = validator.score(state)
+      scalars["val/mean_dsc"] = score
+      improved = bool(np.isfinite(score)) and (best_score is None or score > best_score)
+      if improved:
+        best_score, best_step = float(score), step
+      print(f"  validation at step {step}: mean DSC {score:.4f} (best {best_score} at step "
+            f"{best_step})", flush=True)
+    if scalars:
+      writer.write(step, scalars)
+    if improved or step % int(config.checkpoint_every) == 0 or step == end:
+      meta = {"step": step, "iterator": iterator.get_state(), "sources": meta["sources"],
+              "best_score": best_score, "best_step": best_step}
+      ckpts.save(step, state, meta, is_best=improved)
+  eval_state = state
+  if best_step is not None:
+    eval_state, _ = ckpts.restore_best(checkpointing.abstract_like(state))
   ckpts.close()
   writer.close()
-  return {"state": state, "compiled": comp, "table": table, "mesh": mesh,
-          "step": int(jax.device_get(state["step"])), "last_metrics": last,
+  return {"state": state, "eval_state": eval_state, "compiled": comp, "table": table,
+          "mesh": mesh, "step": int(jax.device_get(state["step"])), "last_metrics": last,
+          "best_step": best_step, "best_score": best_score,
           "seconds": time.perf_counter() - start_time, "sources": meta["sources"]}
 
 
@@ -288,7 +337,8 @@ def train_and_evaluate(config, workdir: str, *, stop_at_step: int | None = None)
     config = job.with_phantom_data(config, workdir)
   trained = train(config, workdir, stop_at_step=stop_at_step)
   out = {"step": trained["step"], "sources": trained["sources"],
-         "train_seconds": trained["seconds"], "last_train_metrics": trained["last_metrics"]}
+         "train_seconds": trained["seconds"], "last_train_metrics": trained["last_metrics"],
+         "best_step": trained["best_step"], "best_val_mean_dsc": trained["best_score"]}
   if config.data.test_dirs and trained["step"] >= int(config.num_steps):
     from dassemble_jax.segmentation import evaluate
     results = evaluate.evaluate_state(config, trained, list(config.data.test_dirs))

@@ -121,6 +121,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.synth.prob = 0.9
   # Eligible sources by name; empty: every source that annotates the liver but not liver tumors.
   c.synth.sources = ()
+  # Allow a run in which no source is eligible (the step still runs the generator, on nothing).
+  c.synth.none_eligible_ok = False
   # Tumor kinds drawn per sample (reference table: tiny, small, medium, large, mix).
   c.synth.kind_choices = ("tiny", "small", "medium", "large", "mix")
   # HU decrement range of the tumors (the anchor: 65-145 HU, scaled by the texture).

@@ -265,32 +265,43 @@ def lesion_components(mask: np.ndarray, spacing) -> tuple[np.ndarray, np.ndarray
 
 def detection_by_radius(pred: np.ndarray, gt: np.ndarray, spacing,
                         bins: Sequence[float] = RADIUS_BINS_MM) -> dict:
-  """Lesion-level sensitivity per equivalent-radius bin for one scan.
+  """Lesion-level sensitivity and DSC per equivalent-radius bin for one scan.
 
-  pred, gt: (X, Y, Z) bool tumor masks. A true lesion (connected component of gt) is detected
-  when the prediction overlaps it by at least one voxel. Returns {bin name: {'n', 'detected'}}
-  with bins [lo, hi) in mm.
+  pred, gt: (X, Y, Z) bool tumor masks. A true lesion (connected component of gt, 26-connected)
+  is detected when the prediction overlaps it by at least one voxel. Its lesion DSC compares it
+  with the predicted components that touch it (0 when missed). Returns {bin name: {'n',
+  'detected', 'dsc_sum'}} with bins [lo, hi) in mm (`sum_detections` turns sums into means).
   """
-  labels, radii = lesion_components(np.asarray(gt, bool), spacing)
+  pred, gt = np.asarray(pred, bool), np.asarray(gt, bool)
+  labels, radii = lesion_components(gt, spacing)
+  pred_labels, _ = lesion_components(pred, spacing)
   hit = np.zeros(len(radii) + 1, bool)
-  hit[np.unique(labels[np.asarray(pred, bool)])] = True
+  hit[np.unique(labels[pred])] = True
+  dsc = np.zeros(len(radii))
+  for i in np.flatnonzero(hit[1:]):
+    lesion = labels == i + 1
+    touching = np.setdiff1d(np.unique(pred_labels[lesion]), [0])
+    dsc[i] = seg_metrics.dice(np.isin(pred_labels, touching), lesion)
   out = {}
   for lo, hi in zip(bins[:-1], bins[1:]):
     inside = (radii >= lo) & (radii < hi)
-    out[bin_name(lo, hi)] = {"n": int(inside.sum()), "detected": int(hit[1:][inside].sum())}
+    out[bin_name(lo, hi)] = {"n": int(inside.sum()), "detected": int(hit[1:][inside].sum()),
+                             "dsc_sum": float(dsc[inside].sum())}
   return out
 
 
-def sum_detections(per_scan: Sequence[Mapping[str, Mapping[str, int]]]) -> dict:
-  """Adds `detection_by_radius` results over scans and computes sensitivity (NaN if n = 0)."""
+def sum_detections(per_scan: Sequence[Mapping[str, Mapping[str, float]]]) -> dict:
+  """Adds `detection_by_radius` results over scans: {bin: {'n', 'detected', 'sensitivity',
+  'dsc'}} (sensitivity and mean lesion DSC are NaN for an empty bin)."""
   total: dict[str, dict] = {}
   for scan in per_scan:
     for name, d in scan.items():
-      t = total.setdefault(name, {"n": 0, "detected": 0})
-      t["n"] += d["n"]
-      t["detected"] += d["detected"]
+      t = total.setdefault(name, {"n": 0, "detected": 0, "dsc_sum": 0.0})
+      for k in t:
+        t[k] += d[k]
   for t in total.values():
     t["sensitivity"] = t["detected"] / t["n"] if t["n"] else float("nan")
+    t["dsc"] = t.pop("dsc_sum") / t["n"] if t["n"] else float("nan")
   return total
 
 

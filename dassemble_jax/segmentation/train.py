@@ -122,7 +122,7 @@ def _signature(config, embed_dim: int) -> str:
   sig = {k: config[k].to_dict() if hasattr(config[k], "to_dict") else config[k] for k in keys}
   # Synthesis changes the step (and its batch fields); its spacing is the data's.
   if synth_training.enabled(config):
-    sig["synth"] = config.synth.to_dict() | {"spacing": synth_training.spacing_of(config)}
+    sig["synth"] = synth_training.step_signature(config)
   return json.dumps(sig | {"embed_dim": embed_dim}, sort_keys=True, default=str)
 
 

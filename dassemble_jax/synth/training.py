@@ -49,6 +49,16 @@ def synth_config(config) -> SynthConfig:
                      cranial_is_high=True)
 
 
+def step_signature(config) -> dict | None:
+  """What the compiled step depends on (None: no synthesis). Eligibility is host-side (the
+  synth_ok field), so `sources` and `none_eligible_ok` are not part of it."""
+  if not enabled(config):
+    return None
+  s = {k: v for k, v in config.synth.to_dict().items()
+       if k not in ("sources", "none_eligible_ok")}
+  return s | {"spacing": spacing_of(config)}
+
+
 def spacing_of(config) -> tuple[float, float, float]:
   """Voxel size (mm) of the converted data: conversion resamples to config.data.spacing."""
   s = config.data.spacing
@@ -59,7 +69,9 @@ def eligible_sources(config, shard_dirs: Sequence[str]) -> np.ndarray:
   """(num_sources,) bool in pipeline order: which training sources get synthetic tumors.
 
   Named sources (`config.synth.sources`) must exist; by default every source whose manifest
-  annotates the liver but not liver tumors (its livers are known to be healthy).
+  annotates the liver but not liver tumors (its livers are known to be healthy). No eligible
+  source is an error unless `config.synth.none_eligible_ok` (then the step runs the generator on
+  nothing: what the liver_synthetic job's real-tumor model does to share the compiled step).
   """
   names, healthy = [], []
   for d in shard_dirs:
@@ -77,7 +89,7 @@ def eligible_sources(config, shard_dirs: Sequence[str]) -> np.ndarray:
     out = np.asarray([n in wanted for n in names])
   else:
     out = np.asarray(healthy)
-  if not out.any():
+  if not out.any() and not config.synth.get("none_eligible_ok", False):
     raise ValueError(f"config.synth.enabled but no training source is eligible: {names} all "
                      "annotate liver tumors or lack the liver; name sources in "
                      "config.synth.sources")

@@ -6,6 +6,7 @@ uninterrupted run for comparison; everything else reads what they wrote.
 
 import json
 import os
+import pathlib
 
 import jax
 import nibabel as nib
@@ -111,3 +112,43 @@ def test_comparison_table_lists_each_model():
   text, table = job.comparison_table(results)
   assert table["classes"] == ["spleen", "liver"]
   assert "on phantom_lits's 1 classes: assembly 0.900 vs phantom_lits 0.700" in text
+
+
+def _best_step(workdir) -> int:
+  """The step of the (single) best checkpoint, from Orbax's folder names."""
+  (step,) = [int(p.name) for p in (pathlib.Path(workdir) / "checkpoints" / "best").iterdir()
+             if p.name.isdigit()]
+  return step
+
+
+def test_best_checkpoint_has_the_highest_validation_score(runs):
+  from dassemble_jax.segmentation import evaluate
+  lines = [json.loads(line) for line in open(os.path.join(runs["dir"], "metrics.jsonl"))]
+  scores = {r["step"]: r["val/mean_dsc"] for r in lines if "val/mean_dsc" in r}
+  assert sorted(scores) == [2, 3]  # eval_every 2 and the last step, across the resume
+  best = max(scores, key=lambda s: (scores[s], -s))  # the first of equal scores stays
+  assert _best_step(runs["dir"]) == best
+  assert evaluate.load_model(runs["dir"]).step == best
+  assert predict_cli.load_model(runs["dir"]).step == 3  # the latest is kept for resuming
+
+
+def test_best_checkpoint_is_selected_and_survives_a_resume(runs, monkeypatch):
+  from dassemble_jax.segmentation import evaluate
+  cfg = runs["cfg"].copy_and_resolve_references()
+  cfg.eval_every = 1
+  scripted = {1: 0.2, 2: 0.5, 3: 0.3}
+  monkeypatch.setattr(evaluate.Validator, "score",
+                      lambda self, state: scripted[int(jax.device_get(state["step"]))])
+  workdir = runs["tmp"] / "scripted"
+  seg_train.train(cfg, str(workdir), stop_at_step=2)
+  trained = seg_train.train(cfg, str(workdir))  # resumes at 2; 0.3 at step 3 is no better
+  assert trained["best_step"] == 2 and trained["best_score"] == 0.5
+  assert _best_step(workdir) == 2
+  # Evaluation uses the best state, not the last one.
+  best = jax.tree.leaves(jax.device_get(trained["eval_state"]["params"]))
+  last = jax.tree.leaves(jax.device_get(trained["state"]["params"]))
+  assert int(jax.device_get(trained["eval_state"]["step"])) == 2
+  assert any(not np.array_equal(a, b) for a, b in zip(best, last))
+  restored = evaluate.load_model(str(workdir))
+  for a, b in zip(best, jax.tree.leaves(jax.device_get(restored.variables[0]))):
+    np.testing.assert_array_equal(a, b)

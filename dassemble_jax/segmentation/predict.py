@@ -26,6 +26,7 @@ from typing import Any, Callable, Iterator, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from nibabel import orientations
 
 from dassemble_jax.ct import nifti_io, preprocess, resample
 from dassemble_jax.ct.nifti_io import CaseError
@@ -39,14 +40,16 @@ NIFTI_SUFFIXES = (".nii.gz", ".nii")
 # Reading and writing.
 
 
-def load_nifti_for_prediction(path: str | os.PathLike
+def load_nifti_for_prediction(path: str | os.PathLike, dtype=np.float32
                               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """Reads a CT -> (volume (X, Y, Z) float32, file orientation; affine (4, 4); spacing (3,) mm).
 
-  Raises CaseError (a ValueError) naming the file if it is unreadable, truncated, not 3D (a
-  trailing singleton 4th axis is dropped) or has a singular affine.
+  `dtype=None` keeps the stored type (int16 for most CTs: `to_model_grid` reads it directly,
+  sparing a float32 copy of the whole scan). Raises CaseError (a ValueError) naming the file if
+  it is unreadable, truncated, not 3D (a trailing singleton 4th axis is dropped) or has a
+  singular affine.
   """
-  data, affine = nifti_io.load(path, dtype=np.float32)
+  data, affine = nifti_io.load(path, dtype=dtype)
   return data, affine, nifti_io.voxel_sizes(affine)
 
 
@@ -55,7 +58,7 @@ def save_label_map(path: str | os.PathLike, labels: np.ndarray, affine: np.ndarr
   labels = np.asarray(labels)
   if labels.ndim != 3:
     raise ValueError(f"{path}: a label map must be 3D, got shape {labels.shape}")
-  if labels.size and (labels.min() < 0 or labels.max() > 255):
+  if labels.dtype != np.uint8 and labels.size and (labels.min() < 0 or labels.max() > 255):
     raise ValueError(f"{path}: labels outside 0..255 do not fit uint8")
   nifti_io.save(path, labels.astype(np.uint8, copy=False), affine)
 
@@ -65,19 +68,23 @@ def save_per_class(directory: str | os.PathLike, masks: np.ndarray, affine: np.n
                    skip_empty: bool = False) -> list[pathlib.Path]:
   """One uint8 0/1 NIfTI per class, `{directory}/{name}.nii.gz` (or `.nii` uncompressed).
 
-  Fast by construction: uint8 data in the file's own (Fortran) order, nibabel's gzip level 1
-  (or none), nothing resampled here; the anchor wrote float64/int64 through MONAI, ~6 s a file.
-  Each file is written atomically.
+  `masks`: (X, Y, Z, C) bool, or packed (X, Y, Z) unsigned ints, bit k = channel k
+  (`postprocess.pack_masks`). Fast by construction: uint8 data in the file's own (Fortran)
+  order, nibabel's gzip level 1 (or none), nothing resampled here; the anchor wrote
+  float64/int64 through MONAI, ~6 s a file. Each file is written atomically.
   """
   masks = np.asarray(masks)
-  if masks.ndim != 4 or masks.shape[-1] != len(class_names):
+  packed = masks.ndim == 3 and masks.dtype.kind == "u"
+  if packed and len(class_names) > 8 * masks.itemsize:
+    raise ValueError(f"{len(class_names)} class names for {8 * masks.itemsize}-bit masks")
+  if not packed and (masks.ndim != 4 or masks.shape[-1] != len(class_names)):
     raise ValueError(f"masks {masks.shape} do not match {len(class_names)} class names")
   directory = pathlib.Path(directory)
   directory.mkdir(parents=True, exist_ok=True)
   suffix = ".nii.gz" if compress else ".nii"
   written = []
   for k, name in enumerate(class_names):
-    channel = masks[..., k]
+    channel = (masks >> masks.dtype.type(k)) & 1 if packed else masks[..., k]
     if skip_empty and not channel.any():
       continue
     path = directory / f"{name}{suffix}"
@@ -100,16 +107,70 @@ class Grid:
   affine: np.ndarray
 
 
+def ras_view(volume: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """`nifti_io.reorient_to_ras` without its copy: the RAS array as a view (flips, transpose)."""
+  current = orientations.io_orientation(affine)
+  transform = orientations.ornt_transform(current, orientations.axcodes2ornt(("R", "A", "S")))
+  view = orientations.apply_orientation(volume, transform)
+  return view, affine @ orientations.inv_ornt_aff(transform, volume.shape)
+
+
+def _linear_taps(n_out: int, n_in: int, scale: float):
+  """Linear interpolation along one axis: new i samples old i * scale, edge repeated beyond.
+
+  Returns (lower index, upper index, upper weight), what scipy's order-1 'nearest' mode uses.
+  """
+  c = np.minimum(np.arange(n_out, dtype=np.float64) * scale, n_in - 1)
+  lo = np.floor(c).astype(np.intp)
+  return lo, np.minimum(lo + 1, n_in - 1), (c - lo).astype(np.float32)
+
+
+def resample_linear(data: np.ndarray, scale: Sequence[float], shape: Sequence[int]
+                    ) -> np.ndarray:
+  """`ndimage.affine_transform(data, scale, output_shape=shape, order=1, mode='nearest')`.
+
+  Trilinear interpolation on an axis-scaled grid is three 1D interpolations; done one output
+  x-slice at a time, every temporary is a slice (a few 100 kB, cache-resident), `data` may be any
+  strided view of any real dtype (the int16 file, flipped) and only the float32 output is
+  allocated. Equal to SciPy's float64 computation to float32 rounding (~1e-7 relative).
+  """
+  (xl, xh, xw), (yl, yh, yw), (zl, zh, zw) = (
+      _linear_taps(n, m, s) for n, m, s in zip(shape, data.shape, scale))
+  out = np.empty(tuple(shape), np.float32)
+  yw, zw = yw[:, None], zw[None, :]
+  for i in range(shape[0]):
+    s = data[xl[i]].astype(np.float32)
+    if xw[i]:
+      s += (data[xh[i]] - s) * xw[i]                        # (Y_in, Z_in)
+    s = s[yl] + (s[yh] - s[yl]) * yw                        # (Y, Z_in)
+    out[i] = s[:, zl] + (s[:, zh] - s[:, zl]) * zw          # (Y, Z)
+  return out
+
+
 def to_model_grid(volume: np.ndarray, affine: np.ndarray, spacing: float | Sequence[float]
                   ) -> tuple[np.ndarray, Grid]:
   """File-orientation HU volume -> ([0, 1] float32 volume in RAS at `spacing` mm, its Grid).
 
-  The same reorientation, linear resampling and HU window as the training data.
+  The same reorientation, linear resampling and HU window as the training data
+  (`resample.resample_to_spacing`, `preprocess.scale_hu`), equal to them within 1e-6 after the
+  window, without their three full-size float copies (benchmarks/predict_host.md).
   """
-  ras, ras_affine = nifti_io.reorient_to_ras(volume, affine)
-  res, res_affine = resample.resample_to_spacing(ras, ras_affine, spacing, order=1,
-                                                 out_dtype=np.float32)
-  return preprocess.scale_hu(res), Grid(tuple(res.shape), res_affine)
+  ras, ras_affine = ras_view(np.asarray(volume), affine)
+  spacing = np.broadcast_to(np.asarray(spacing, np.float64), (3,))
+  old = nifti_io.voxel_sizes(ras_affine)
+  scale = spacing / old  # old voxel coordinate per new voxel index, per axis
+  res_affine = np.array(ras_affine, np.float64)
+  res_affine[:3, :3] = ras_affine[:3, :3] * scale[None, :]
+  shape = resample.resampled_shape(ras.shape, old, spacing)
+  if np.allclose(scale, 1.0) and shape == ras.shape:
+    out = np.array(ras, np.float32)  # resample_to_spacing does not interpolate here either
+  else:
+    out = resample_linear(ras, scale, shape)
+  # preprocess.scale_hu's operations, in place.
+  np.clip(out, preprocess.HU_MIN, preprocess.HU_MAX, out=out)
+  out -= preprocess.HU_MIN
+  out *= np.float32(1.0 / (preprocess.HU_MAX - preprocess.HU_MIN))
+  return out, Grid(tuple(shape), res_affine)
 
 
 def _axis_aligned_map(mapping: np.ndarray) -> list[int] | None:
@@ -125,8 +186,10 @@ def to_original_grid(data: np.ndarray, model: Grid, original: Grid) -> np.ndarra
   """Nearest-neighbour resampling of (X, Y, Z[, C]) `data` on `model` onto `original` (0 outside).
 
   Model grids are permuted, flipped and rescaled copies of the file's grid, so the voxel mapping
-  is usually axis-aligned: then it is three 1D index arrays and one gather for all channels at
-  once. Oblique mappings fall back to `dassemble_jax.ct.resample.to_original_grid` per channel.
+  is usually axis-aligned: then the result is three 1D gathers (`np.take` along one axis at a
+  time, innermost first while the array is small, then whole rows and planes), with a zero slab
+  appended to `data` for samples outside it. Oblique mappings fall back to
+  `dassemble_jax.ct.resample.to_original_grid` per channel.
   """
   data = np.asarray(data)
   mapping = np.linalg.inv(model.affine) @ np.asarray(original.affine, np.float64)
@@ -137,23 +200,25 @@ def to_original_grid(data: np.ndarray, model: Grid, original: Grid) -> np.ndarra
     return np.stack([resample.to_original_grid(data[..., k], model.affine, original.affine,
                                                original.shape)
                      for k in range(data.shape[-1])], -1)
-  # A 3D result is gathered in reversed axis order and returned as its transpose: the same values,
-  # but Fortran-ordered, the order NIfTI stores, so nibabel writes it without a transposing copy.
-  reverse = data.ndim == 3
-  out_shape = tuple(original.shape[::-1]) if reverse else tuple(original.shape)
-  index, valid = [], np.ones(out_shape, bool)
-  for i, j in enumerate(axes):  # model axis i is a function of original axis j
+  # Index into the model axis i that original axis j = axes[i] maps onto; n_i: the zero slab.
+  index = [None] * 3
+  for i, j in enumerate(axes):
     v = np.arange(original.shape[j], dtype=np.float64)
-    coord = np.floor(mapping[i, j] * v + mapping[i, 3] + 0.5).astype(np.int64)
-    ok = (coord >= 0) & (coord < data.shape[i])
-    shape = [1, 1, 1]
-    shape[2 - j if reverse else j] = -1
-    index.append(np.clip(coord, 0, data.shape[i] - 1).reshape(shape))
-    valid &= ok.reshape(shape)
-  out = data[index[0], index[1], index[2]]  # original grid (reversed axes if `reverse`)
-  if not valid.all():
-    out[~valid] = 0
-  return out.T if reverse else out
+    coord = np.floor(mapping[i, j] * v + mapping[i, 3] + 0.5).astype(np.intp)
+    index[j] = np.where((coord >= 0) & (coord < data.shape[i]), coord, data.shape[i])
+  padded = np.pad(data, [(0, 1)] * 3 + [(0, 0)] * (data.ndim - 3))
+  src = padded.transpose([axes.index(j) for j in range(3)] + list(range(3, data.ndim)))
+  if data.ndim == 3:
+    # Gathered in reversed axis order and returned transposed: the same values, Fortran-ordered,
+    # the order NIfTI stores, so nibabel writes it without a transposing copy.
+    out = np.ascontiguousarray(src.T)
+    for axis, j in ((2, 0), (1, 1), (0, 2)):
+      out = np.take(out, index[j], axis=axis)
+    return out.T
+  out = src
+  for axis in (2, 1, 0):
+    out = np.take(out, index[axis], axis=axis)
+  return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -165,12 +230,20 @@ def _threshold_on_device(probs, thresholds):
   return probs > thresholds
 
 
+@jax.jit
+def _threshold_bits_on_device(probs, thresholds):
+  """(X, Y, Z, C <= 32) probabilities -> (X, Y, Z) uint32, bit k = probs[..., k] > thresholds[k]."""
+  weights = jnp.left_shift(jnp.uint32(1), jnp.arange(probs.shape[-1], dtype=jnp.uint32))
+  return jnp.sum(jnp.where(probs > thresholds, weights, jnp.uint32(0)), axis=-1,
+                 dtype=jnp.uint32)
+
+
 def predict_volume(apply_fn: Callable[[Any, jax.Array], jax.Array], volume: np.ndarray, *,
                    params: Any = None, window: Sequence[int] = (96, 96, 96),
                    overlap: float = 0.5, sw_batch_size: int = 4,
                    thresholds: float | Sequence[float] = 0.5, affine: np.ndarray | None = None,
                    postprocess: bool = True, accumulate_on: sw.Accumulate = "auto",
-                   **postprocess_kwargs) -> np.ndarray:
+                   packed: bool | None = False, **postprocess_kwargs) -> np.ndarray:
   """Sliding-window probabilities -> thresholds -> post-processing: (X, Y, Z, C) bool masks.
 
   Args:
@@ -181,21 +254,40 @@ def predict_volume(apply_fn: Callable[[Any, jax.Array], jax.Array], volume: np.n
     thresholds: one probability threshold, or (C,) per class.
     affine: the volume's voxel -> RAS affine (left/right decisions); None = RAS array order.
     postprocess: run `postprocess.postprocess` (LCC, lung split, host-filtered lesions).
+    packed: return the masks packed, (X, Y, Z) uint32 with bit k = class k + 1
+      (`postprocess.pack_masks`; C <= 32), never unpacking them on the host; None: packed when
+      C <= 32.
     **postprocess_kwargs: passed on to `postprocess.postprocess`.
   """
   probs = sw.sliding_window_inference(apply_fn, volume, params=params, window=window,
                                       overlap=overlap, sw_batch_size=sw_batch_size,
                                       output="probs", accumulate_on=accumulate_on)
   c = probs.shape[-1]
+  if packed and c > 32:
+    raise ValueError(f"packed masks hold at most 32 classes, the model has {c}")
+  packed = c <= 32 if packed is None else packed
+  return _threshold_and_postprocess(probs, thresholds, affine, postprocess, packed,
+                                    **postprocess_kwargs)
+
+
+def _threshold_and_postprocess(probs, thresholds, affine, postprocess: bool, packed: bool,
+                               **postprocess_kwargs) -> np.ndarray:
+  """(X, Y, Z, C) probabilities (device or host) -> masks, or packed masks when C <= 32."""
+  c = probs.shape[-1]
   t = np.broadcast_to(np.asarray(thresholds, np.float32), (c,))
+  if c > 32:
+    masks = (np.asarray(_threshold_on_device(probs, jnp.asarray(t)))
+             if isinstance(probs, jax.Array) else pp.apply_thresholds(probs, t))
+    return pp.postprocess(masks, affine, **postprocess_kwargs) if postprocess else masks
   if isinstance(probs, jax.Array):
-    # Threshold where the probabilities are: 1 byte per voxel and class crosses to the host.
-    masks = np.asarray(_threshold_on_device(probs, jnp.asarray(t)))
+    # Threshold and pack where the probabilities are: 4 bytes per voxel cross to the host, not
+    # one per voxel and class (512 x 512 x 300 x 32 bools took 1.7 s on an H100 host).
+    bits = np.array(_threshold_bits_on_device(probs, jnp.asarray(t)))
   else:
-    masks = pp.apply_thresholds(probs, t)
+    bits = pp.pack_masks(pp.apply_thresholds(probs, t))
   if postprocess:
-    masks = pp.postprocess(masks, affine, **postprocess_kwargs)
-  return masks
+    bits = pp.postprocess_bits(bits, c, affine, copy=False, **postprocess_kwargs)
+  return bits if packed else pp.unpack_bits(bits, c)
 
 
 def find_inputs(path: str | os.PathLike) -> list[pathlib.Path]:
@@ -240,23 +332,30 @@ def predict_file(apply_fn: Callable[[Any, jax.Array], jax.Array], in_path: str |
   """
   timings = {}
   start = time.perf_counter()
-  volume, affine, _ = load_nifti_for_prediction(in_path)
+  volume, affine, _ = load_nifti_for_prediction(in_path, dtype=None)
   original = Grid(tuple(volume.shape), affine)
   model_volume, model_grid = to_model_grid(volume, affine, spacing)
+  del volume
   timings["load_resample"] = time.perf_counter() - start
 
   start = time.perf_counter()
+  # Packed masks (X, Y, Z) uint32 when the model has <= 32 classes, else (X, Y, Z, C) bool.
   masks = predict_volume(apply_fn, model_volume, params=params, affine=model_grid.affine,
-                         **predict_kwargs)
+                         packed=None, **predict_kwargs)
   timings["predict"] = time.perf_counter() - start
 
   start = time.perf_counter()
-  labels = to_original_grid(pp.masks_to_label_map(masks), model_grid, original)
-  save_label_map(out_path, labels, affine)
+  packed = masks.ndim == 3
+  labels = pp.bits_to_label_map(masks) if packed else pp.masks_to_label_map(masks)
+  save_label_map(out_path, to_original_grid(labels, model_grid, original), affine)
   written = []
   if per_class_dir is not None:
-    if class_names is None or len(class_names) != masks.shape[-1]:
-      raise ValueError(f"per-class output needs {masks.shape[-1]} class names")
+    # (Packed masks do not say how many channels the model has: at least every class present.)
+    present = int(np.bitwise_or.reduce(masks, axis=None)).bit_length() if packed else None
+    if class_names is None or (len(class_names) != masks.shape[-1] if not packed
+                               else len(class_names) < present):
+      raise ValueError("per-class output needs class names, one per output channel")
+    # One gather for all classes (packed: 4 bytes a voxel), then one file per class.
     written = save_per_class(per_class_dir, to_original_grid(masks, model_grid, original),
                              affine, class_names, compress=compress)
   timings["write"] = time.perf_counter() - start

@@ -11,8 +11,12 @@ configs/universal.py:full with the sizes overridden by the flags. Reported per c
   step time        median wall time of `--steps` steps after a warm-up step
   achieved         FLOPs / step time
 With --analyse_only the step is compiled but not run (for sizes too big to time on a CPU).
---volume times `predict_volume` (sliding window + thresholds + post-processing) on a random
-volume of that many voxels, windows = the crop.
+--volume times whole-volume prediction in the model grid, stage by stage: the sliding window
+(windows = the crop, overlap 0.5, Gaussian weights, sigmoid) on a random volume of that many
+voxels, thresholds + transfer to the host, and post-processing on phantom organ masks of that
+size (a random-weight model's masks are noise, unlike any real prediction). --file_spacing adds
+the user's path for a NIfTI of that many voxels at that spacing (read, resample to the model's
+spacing, predict, resample back, write).
 """
 
 from __future__ import annotations
@@ -32,8 +36,11 @@ import numpy as np  # noqa: E402
 
 from configs import universal  # noqa: E402
 from dassemble_jax import sharding  # noqa: E402
+from dassemble_jax.ct import phantom, taxonomy  # noqa: E402
 from dassemble_jax.segmentation import evaluate  # noqa: E402
+from dassemble_jax.segmentation import postprocess as pp  # noqa: E402
 from dassemble_jax.segmentation import predict as seg_predict  # noqa: E402
+from dassemble_jax.segmentation import sliding_window as sw  # noqa: E402
 from dassemble_jax.segmentation import train as seg_train  # noqa: E402
 
 
@@ -43,6 +50,8 @@ def _config(a):
   c.model.base_channels, c.model.feature_size = a.base_channels, a.feature_size
   c.model.class_code = "onehot" if a.embed_dim == 0 else "text"
   c.compute_dtype = a.dtype
+  if a.norm:
+    c.model.norm = a.norm
   c.data.jitter = 2
   return c
 
@@ -54,6 +63,87 @@ def _host_batch(c, rng):
           "label": rng.integers(0, 2**20, (b, w, w, w), dtype=np.uint32),
           "annotated": np.ones((b, 32), np.uint8), "source": np.zeros((b,), np.int32),
           "zoom_ok": np.ones((b,), np.uint8)}
+
+
+def _log(msg: str) -> None:
+  print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def phantom_masks(shape, seed: int = 0) -> np.ndarray:
+  """(X, Y, Z, 32) bool organ + tumor masks of a phantom abdomen stretched to `shape`.
+
+  What a trained model predicts: compact organs, a few lesions. (A random-weight model's masks
+  are noise, which no real scan produces and which post-processing would spend minutes on.)
+  """
+  case = phantom.make_case(np.random.default_rng(seed), tumors=("liver_tumor", "kidney_tumor"))
+  index = np.ix_(*[np.minimum((np.arange(n) * m) // n, m - 1)
+                   for n, m in zip(shape, case.hu.shape)])
+  masks = np.zeros(tuple(shape) + (32,), bool)
+  for name, m in case.masks.items():
+    if name != "body":
+      masks[..., taxonomy.class_by_name(name).id - 1] = m[index]
+  return masks
+
+
+def time_volume(a, c, comp, state, table, rng) -> dict:
+  """Whole-volume prediction, stage by stage (each after a compiling/warm-up call)."""
+  shape = tuple(int(s) for s in a.volume.split(","))
+  apply_fn = evaluate.apply_fn_for(comp.eval_def, str(jnp.dtype(c.compute_dtype)))
+  variables = evaluate.host_variables(state, np.asarray(table))
+  vol = rng.random(shape, np.float32)
+  kw = dict(params=variables, window=(a.crop,) * 3, overlap=0.5, sw_batch_size=a.sw_batch)
+  out = {"volume": shape,
+         "windows": int(np.prod([len(sw.window_starts(n, a.crop, 0.5)) for n in shape]))}
+  # 1. Sliding window: windows batched through the model, Gaussian-weighted stitching, sigmoid.
+  _log(f"sliding window over {shape}: {out['windows']} windows (first call compiles)")
+  jax.block_until_ready(sw.sliding_window_inference(apply_fn, vol, output="probs", **kw))
+  t0 = time.perf_counter()
+  probs = sw.sliding_window_inference(apply_fn, vol, output="probs", **kw)
+  jax.block_until_ready(probs)
+  out["sliding_window_s"] = time.perf_counter() - t0
+  out["accumulated_on"] = "device" if isinstance(probs, jax.Array) else "host"
+  # 2. Thresholds where the probabilities are; 1 byte per voxel and class to the host.
+  thresholds = jnp.full((probs.shape[-1],), 0.5, jnp.float32)
+  np.asarray(seg_predict._threshold_on_device(probs, thresholds))
+  t0 = time.perf_counter()
+  np.asarray(seg_predict._threshold_on_device(probs, thresholds))
+  out["threshold_to_host_s"] = time.perf_counter() - t0
+  del probs
+  # 3. Post-processing (host, SciPy) on organ-like masks of this size.
+  _log(f"sliding window {out['sliding_window_s']:.2f} s; post-processing phantom masks")
+  masks = phantom_masks(shape)
+  t0 = time.perf_counter()
+  pp.postprocess(masks)
+  out["postprocess_s"] = time.perf_counter() - t0
+  out["predict_volume_s"] = (out["sliding_window_s"] + out["threshold_to_host_s"]
+                             + out["postprocess_s"])
+  _log(f"post-processing {out['postprocess_s']:.2f} s")
+  if a.file_spacing:
+    # The user's path for a NIfTI of `volume` voxels at `file_spacing` mm: read, resample to the
+    # model's spacing, sliding window, thresholds, resample back, write (dassemble_jax.predict's
+    # work). Post-processing is left out here (random weights) and added from step 3's rate.
+    import tempfile
+
+    import nibabel as nib
+    spacing = [float(s) for s in a.file_spacing.split(",")]
+    folder = tempfile.mkdtemp(prefix="bench_predict_")
+    src = os.path.join(folder, "ct.nii.gz")
+    hu = (rng.random(shape, np.float32) * 1000 - 500).astype(np.int16)
+    nib.save(nib.Nifti1Image(hu, np.diag(spacing + [1.0])), src)
+    file_kw = dict(kw, spacing=c.data.spacing, postprocess=False)
+    _log("file path: warm-up call")
+    seg_predict.predict_file(apply_fn, src, os.path.join(folder, "warm.nii.gz"), **file_kw)
+    t0 = time.perf_counter()
+    res = seg_predict.predict_file(apply_fn, src, os.path.join(folder, "out.nii.gz"), **file_kw)
+    model_shape = seg_predict.to_model_grid(hu, np.diag(spacing + [1.0]), c.data.spacing)[0].shape
+    t1 = time.perf_counter()
+    pp.postprocess(phantom_masks(model_shape))
+    out["file_spacing_mm"] = spacing
+    out["file_model_grid"] = list(model_shape)
+    out["file_stages_s"] = dict(res.timings, postprocess=time.perf_counter() - t1)
+    out["file_total_s"] = sum(out["file_stages_s"].values())
+    _log(f"file path {out['file_total_s']:.2f} s: {out['file_stages_s']}")
+  return out
 
 
 def run(a) -> dict:
@@ -77,7 +167,7 @@ def run(a) -> dict:
   peak = (mem.argument_size_in_bytes + mem.output_size_in_bytes + mem.temp_size_in_bytes
           - mem.alias_size_in_bytes)
   n_params = sum(x.size for x in jax.tree.leaves(state["params"]))
-  out = {"backbone": a.backbone, "crop": a.crop, "batch": a.batch, "classes": 32,
+  out = {"backbone": a.backbone, "norm": c.model.norm, "crop": a.crop, "batch": a.batch, "classes": 32,
          "params_M": n_params / 1e6, "dtype": a.dtype, "device": str(jax.devices()[0]),
          "flops_per_step_G": cost.get("flops", float("nan")) / 1e9,
          "peak_memory_GB": peak / 1e9, "temp_GB": mem.temp_size_in_bytes / 1e9,
@@ -92,17 +182,11 @@ def run(a) -> dict:
         times.append(time.perf_counter() - t0)
     out["step_s"] = statistics.median(times)
     out["achieved_GFLOPs"] = out["flops_per_step_G"] / out["step_s"]
+    if a.flops_G:
+      out["achieved_GFLOPs_at_given_flops"] = a.flops_G / out["step_s"]
+    _log(f"step {out['step_s'] * 1e3:.1f} ms (median of {a.steps})")
   if a.volume:
-    shape = tuple(int(s) for s in a.volume.split(","))
-    apply_fn = evaluate.apply_fn_for(comp.eval_def, str(jnp.dtype(c.compute_dtype)))
-    variables = evaluate.host_variables(state, np.asarray(table))
-    vol = rng.random(shape, np.float32)
-    kw = dict(params=variables, window=(a.crop,) * 3, overlap=0.5, sw_batch_size=a.sw_batch)
-    seg_predict.predict_volume(apply_fn, vol, **kw)  # compile
-    t0 = time.perf_counter()
-    seg_predict.predict_volume(apply_fn, vol, **kw)
-    out["volume"] = shape
-    out["predict_volume_s"] = time.perf_counter() - t0
+    out.update(time_volume(a, c, comp, state, table, rng))
   return out
 
 
@@ -115,10 +199,17 @@ def main():
   p.add_argument("--feature_size", type=int, default=48)
   p.add_argument("--embed_dim", type=int, default=384, help="0: one-hot codes")
   p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+  p.add_argument("--norm", default="", choices=("", "batch", "group"),
+                 help="U-Net normalisation ('' = the config's: batch)")
   p.add_argument("--steps", type=int, default=3)
   p.add_argument("--analyse_only", action="store_true")
   p.add_argument("--volume", default="", help="X,Y,Z for a whole-volume prediction timing")
   p.add_argument("--sw_batch", type=int, default=4)
+  p.add_argument("--flops_G", type=float, default=0.0,
+                 help="FLOPs per step for the 'achieved' rate: XLA:GPU's cost analysis leaves "
+                      "out cuDNN convolutions, so pass XLA:CPU's count (--analyse_only on a CPU)")
+  p.add_argument("--file_spacing", default="",
+                 help="X,Y,Z mm: also time NIfTI -> model grid -> predict -> original grid -> NIfTI")
   print(json.dumps(run(p.parse_args())), flush=True)
 
 

@@ -2,9 +2,8 @@
 
 Masks are (X, Y, Z, C) bool in the model's grid (RAS-oriented: array axis 0 runs towards the
 patient's right, `dassemble_jax.ct.nifti_io`); channel k is class id k + 1. Classes overlap: a
-tumor voxel is also a voxel of its host organ. The same masks packed, 32 classes to a voxel, are
-an (X, Y, Z) uint32 bitmask with bit k = class id k + 1 (`pack_masks`; the convention of the
-training records, `taxonomy.bit`): 8 times less memory, and what `predict` moves off the device.
+tumor voxel is also a voxel of its host organ. `postprocess_bits` takes them packed
+(`packed_masks`: (X, Y, Z) uint32, bit k = class id k + 1), as `predict` moves them off the device.
 
 The steps, as in the anchor:
 1. thresholds per class;
@@ -14,22 +13,24 @@ The steps, as in the anchor:
 4. kidney and liver lesions are kept only inside their host organ, closed then dilated (a 5^3
    box each), so a tumor at the organ's border is not cut away.
 
-Cost: organs are small compared with a CT, so every step runs on a class's bounding box only,
-and all C boxes come from two passes over the array (`class_boxes`), not from 3 C passes over
-strided channel views. On a 266 x 266 x 200 x 32 grid that, a separable box filter for the
-morphology and one copy instead of several took the steps from 6 s to well under 1 s
+Every step runs on a class's bounding box only (organs are small compared with a CT), and all C
+boxes come from two passes over the array (`class_boxes`), not 3 C passes over strided channel
+views: with a separable box morphology, 266 x 266 x 200 x 32 masks take 0.2 s, not 6 s
 (benchmarks/predict_host.md).
 """
 
 from __future__ import annotations
 
 import concurrent.futures
-from typing import Callable, Iterable, Mapping, Sequence
+from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 from scipy import ndimage
 
 from dassemble_jax.ct import taxonomy
+from dassemble_jax.segmentation import packed_masks
+from dassemble_jax.segmentation.packed_masks import (  # noqa: F401  (re-exported)
+    bit_boxes, bits_dtype, bits_to_label_map, pack_masks, unpack_bits)
 
 NUM_CLASSES = taxonomy.NUM_CLASSES
 LUNG_RIGHT, LUNG_LEFT = taxonomy.PAIRS["lung"]
@@ -60,35 +61,6 @@ def apply_thresholds(probs: np.ndarray, thresholds: float | Sequence[float]) -> 
   if t.ndim == 1 and t.shape[0] != probs.shape[-1]:
     raise ValueError(f"{t.shape[0]} thresholds for {probs.shape[-1]} classes")
   return probs > t
-
-
-# ---------------------------------------------------------------------------------------------
-# Packed masks: (X, Y, Z) uint32 (uint64 beyond 32 classes), bit k = class id k + 1.
-
-
-def bits_dtype(num_classes: int) -> np.dtype:
-  if num_classes > 64:
-    raise ValueError(f"{num_classes} classes do not fit a 64-bit mask")
-  return np.dtype(np.uint32 if num_classes <= 32 else np.uint64)
-
-
-def pack_masks(masks: np.ndarray) -> np.ndarray:
-  """(X, Y, Z, C) bool -> (X, Y, Z) uint32 (C <= 32) or uint64 (C <= 64), bit k = channel k."""
-  masks = np.asarray(masks, bool)
-  dtype = bits_dtype(masks.shape[-1])
-  packed = np.packbits(masks, axis=-1, bitorder="little")  # (X, Y, Z, ceil(C / 8)) uint8
-  if packed.shape[-1] != dtype.itemsize:
-    width = [(0, 0)] * (packed.ndim - 1) + [(0, dtype.itemsize - packed.shape[-1])]
-    packed = np.pad(packed, width)
-  return packed.view(dtype.newbyteorder("<"))[..., 0].astype(dtype, copy=False)
-
-
-def unpack_bits(bits: np.ndarray, num_classes: int) -> np.ndarray:
-  """(X, Y, Z) bitmask -> (X, Y, Z, num_classes) bool; the inverse of `pack_masks`."""
-  bits = np.ascontiguousarray(bits, bits_dtype(num_classes).newbyteorder("<"))
-  as_bytes = bits.view(np.uint8).reshape(bits.shape + (bits.itemsize,))
-  out = np.unpackbits(as_bytes, axis=-1, count=num_classes, bitorder="little")
-  return out.view(bool)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -135,19 +107,6 @@ def class_boxes(masks: np.ndarray) -> list[Box | None]:
   else:
     xy, zs = masks.any(axis=2), masks.any(axis=(0, 1))
   return _boxes_from_projections(xy.any(axis=1), xy.any(axis=0), zs, c, lambda p, k: p[:, k])
-
-
-def bit_boxes(bits: np.ndarray, num_classes: int) -> list[Box | None]:
-  """Tight bounding box of every class of an (X, Y, Z) bitmask (None: absent class)."""
-  x, y, z = bits.shape
-  if bits.size == 0:
-    return [None] * num_classes
-  xy = np.bitwise_or.reduce(bits, axis=2)                                  # (X, Y)
-  zs = np.bitwise_or.reduce(bits.reshape(x * y, z), axis=0)                # (Z,)
-  one = bits.dtype.type(1)
-  return _boxes_from_projections(
-      np.bitwise_or.reduce(xy, axis=1), np.bitwise_or.reduce(xy, axis=0), zs, num_classes,
-      lambda p, k: (p & (one << bits.dtype.type(k))) != 0)
 
 
 def _union_box(boxes: Iterable[Box | None]) -> Box | None:
@@ -462,39 +421,6 @@ def postprocess_bits(bits: np.ndarray, num_classes: int = NUM_CLASSES,
 # Label maps and per-scan summaries.
 
 
-def _draw_order(num_classes: int) -> list[int]:
-  """Class ids in drawing order: organs by id, then lesions (a lesion shows over its organ)."""
-  organs = [i for i in range(1, num_classes + 1) if i not in taxonomy.TUMOR_IDS]
-  lesions = [i for i in range(1, num_classes + 1) if i in taxonomy.TUMOR_IDS]
-  return organs + lesions
-
-
-def _highest_bit(x: np.ndarray) -> np.ndarray:
-  """1-based index of the highest set bit of uint32 values (0 for 0), as uint8.
-
-  frexp's exponent of x > 0 is its bit length; float64 holds every uint32 exactly.
-  """
-  return np.frexp(x.astype(np.float64))[1].astype(np.uint8)
-
-
-def bits_to_label_map(bits: np.ndarray, num_classes: int = NUM_CLASSES) -> np.ndarray:
-  """(X, Y, Z) bitmask -> (X, Y, Z) uint8 universal ids, as `masks_to_label_map`."""
-  bits = np.asarray(bits)
-  order = _draw_order(num_classes)
-  if order == sorted(order):
-    # Every lesion id is above every organ id (taxonomy: lesions are 26..32), so the class
-    # drawn last at a voxel is its highest set bit.
-    if bits.dtype.itemsize <= 4:
-      return _highest_bit(bits)
-    high = (bits >> np.uint64(32)).astype(np.uint32)
-    low = (bits & np.uint64(0xFFFFFFFF)).astype(np.uint32)
-    return np.where(high != 0, _highest_bit(high) + np.uint8(32), _highest_bit(low))
-  labels = np.zeros(bits.shape, np.uint8)
-  for i in order:  # a taxonomy with lesions below organs: draw class by class
-    labels[(bits & (bits.dtype.type(1) << bits.dtype.type(i - 1))) != 0] = i
-  return labels
-
-
 def masks_to_label_map(masks: np.ndarray) -> np.ndarray:
   """(X, Y, Z, C) bool -> (X, Y, Z) uint8 universal ids, 0 = background.
 
@@ -508,7 +434,7 @@ def masks_to_label_map(masks: np.ndarray) -> np.ndarray:
   if c <= 64:
     return bits_to_label_map(pack_masks(masks), c)
   labels = np.zeros(masks.shape[:-1], np.uint8)
-  for i in _draw_order(c):
+  for i in packed_masks.draw_order(c):
     labels[masks[..., i - 1]] = i
   return labels
 

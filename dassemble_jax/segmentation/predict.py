@@ -129,22 +129,31 @@ def resample_linear(data: np.ndarray, scale: Sequence[float], shape: Sequence[in
                     ) -> np.ndarray:
   """`ndimage.affine_transform(data, scale, output_shape=shape, order=1, mode='nearest')`.
 
-  Trilinear interpolation on an axis-scaled grid is three 1D interpolations; done one output
-  x-slice at a time, every temporary is a slice (a few 100 kB, cache-resident), `data` may be any
-  strided view of any real dtype (the int16 file, flipped) and only the float32 output is
-  allocated. Equal to SciPy's float64 computation to float32 rounding (~1e-7 relative).
+  Trilinear interpolation on an axis-scaled grid is three 1D interpolations. They run one
+  output slice at a time along the axis `data` varies slowest in memory (z for a Fortran-ordered
+  NIfTI array, however flipped), so each slice reads two contiguous planes, every temporary is a
+  plane (cache-resident), `data` may be any strided view of any real dtype (the int16 file) and
+  only the float32 output is allocated. Equal to SciPy's float64 result to float32 rounding.
   """
-  (xl, xh, xw), (yl, yh, yw), (zl, zh, zw) = (
-      _linear_taps(n, m, s) for n, m, s in zip(shape, data.shape, scale))
-  out = np.empty(tuple(shape), np.float32)
-  yw, zw = yw[:, None], zw[None, :]
-  for i in range(shape[0]):
-    s = data[xl[i]].astype(np.float32)
-    if xw[i]:
-      s += (data[xh[i]] - s) * xw[i]                        # (Y_in, Z_in)
-    s = s[yl] + (s[yh] - s[yl]) * yw                        # (Y, Z_in)
-    out[i] = s[:, zl] + (s[:, zh] - s[:, zl]) * zw          # (Y, Z)
-  return out
+  data = np.asarray(data)
+  # Loop axis first: the one with the largest stride; then the other two in stride order.
+  order = sorted(range(3), key=lambda a: -abs(data.strides[a]))
+  src = data.transpose(order)
+  (al, ah, aw), (bl, bh, bw), (cl, ch, cw) = (
+      _linear_taps(shape[a], data.shape[a], scale[a]) for a in order)
+  out = np.empty(tuple(shape[a] for a in order), np.float32)
+  bw, cw = bw[:, None], cw[None, :]
+
+  def rows(plane):  # (B_in, C_in) -> (B, C_in) float32; the row gathers shrink it first
+    lo = plane[bl].astype(np.float32)
+    return lo + (plane[bh] - lo) * bw
+
+  for i in range(out.shape[0]):
+    s = rows(src[al[i]])
+    if aw[i]:
+      s += (rows(src[ah[i]]) - s) * aw[i]                    # (B, C_in)
+    out[i] = s[:, cl] + (s[:, ch] - s[:, cl]) * cw           # (B, C)
+  return np.ascontiguousarray(out.transpose(np.argsort(order)))
 
 
 def to_model_grid(volume: np.ndarray, affine: np.ndarray, spacing: float | Sequence[float]

@@ -367,34 +367,44 @@ def run_group(runs: Sequence[Run], *, verbose: bool = True) -> list[dict]:
   return out
 
 
-def vmap_runs_default() -> bool:
-  """Stack runs with vmap on accelerators; on CPU run them one after another.
+# Widest ResNet stage up to which stacking runs with vmap pays on an accelerator. Measured on an
+# H100 (benchmarks/multirun.md): widths (8, 16, 32) ran 1.68x faster vmapped (8 runs), widths
+# (64, 128, 256) 0.46x (5 runs): wide grouped convolutions are slow in cuDNN too, and one run of
+# that width already keeps the GPU busy.
+VMAP_MAX_WIDTH = 32
 
-  vmap over parameters turns each convolution into a grouped convolution, which XLA:CPU runs
-  ~4-5x slower than R separate ones (benchmarks/multirun.md); on GPU/TPU the stacked program
-  keeps the device busy where one small run would not.
+
+def vmap_runs_default(config=None) -> bool:
+  """Whether to stack independent runs of `config`'s model with vmap.
+
+  On CPU never: vmap over parameters turns each convolution into a grouped convolution, which
+  XLA:CPU runs ~4-5x slower than R separate ones (benchmarks/multirun.md). On GPU/TPU when the
+  model is narrow (widest stage <= VMAP_MAX_WIDTH), where one small run cannot fill the device.
   """
-  return jax.default_backend() != "cpu"
+  if jax.default_backend() == "cpu":
+    return False
+  widths = tuple(config.model.widths) if config is not None else ()
+  return not widths or max(widths) <= VMAP_MAX_WIDTH
 
 
 def run_all(runs: Sequence[Run], *, verbose: bool = True, max_group: int | None = None,
             vmap_runs: bool | None = None) -> list[dict]:
   """Groups `runs` by recipe and shapes and runs each group as one program; input order kept.
 
-  vmap_runs=False runs each member of a group alone, reusing the group's one compiled program.
+  vmap_runs=False runs each member of a group alone, reusing the group's one compiled program;
+  None decides per group with `vmap_runs_default`.
   """
-  if vmap_runs is None:
-    vmap_runs = vmap_runs_default()
   results: list = [None] * len(runs)
   for idx in group_runs(runs):
-    if not vmap_runs:
+    stack = vmap_runs_default(runs[idx[0]].config) if vmap_runs is None else vmap_runs
+    if not stack:
       chunks = [[i] for i in idx]
     elif max_group:
       chunks = [idx[i:i + max_group] for i in range(0, len(idx), max_group)]
     else:
       chunks = [idx]
     if verbose:
-      print(f"group of {len(idx)} runs ({'vmapped' if vmap_runs else 'one at a time'}): "
+      print(f"group of {len(idx)} runs ({'vmapped' if stack else 'one at a time'}): "
             f"{sorted({runs[i].setting for i in idx})}", flush=True)
     for chunk in chunks:
       for i, res in zip(chunk, run_group([runs[i] for i in chunk], verbose=verbose)):

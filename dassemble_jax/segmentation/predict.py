@@ -121,6 +121,20 @@ def ras_view(volume: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.nda
   return view, affine @ orientations.inv_ornt_aff(transform, volume.shape)
 
 
+def c_order_copy(view: np.ndarray, dtype=None, block: int = 32) -> np.ndarray:
+  """C-ordered copy of a 3D view of any strides (a transpose, flips), in 32 x 32 column tiles.
+
+  NIfTI arrays are x-fastest, model arrays z-fastest: `np.ascontiguousarray` of one as the
+  other reads each cache line once per element it holds (2.6 s for 512 x 512 x 300 float32);
+  copying tile by tile keeps a tile's lines in cache (1.0 s).
+  """
+  out = np.empty(view.shape, dtype or view.dtype)
+  for x in range(0, view.shape[0], block):
+    for y in range(0, view.shape[1], block):
+      out[x:x + block, y:y + block] = view[x:x + block, y:y + block]
+  return out
+
+
 def _linear_taps(n_out: int, n_in: int, scale: float):
   """Linear interpolation along one axis: new i samples old i * scale, edge repeated beyond.
 
@@ -159,7 +173,7 @@ def resample_linear(data: np.ndarray, scale: Sequence[float], shape: Sequence[in
     if aw[i]:
       s += (rows(src[ah[i]]) - s) * aw[i]                    # (B, C_in)
     out[i] = s[:, cl] + (s[:, ch] - s[:, cl]) * cw           # (B, C)
-  return np.ascontiguousarray(out.transpose(np.argsort(order)))
+  return c_order_copy(out.transpose(np.argsort(order)))
 
 
 def to_model_grid(volume: np.ndarray, affine: np.ndarray, spacing: float | Sequence[float]
@@ -178,7 +192,7 @@ def to_model_grid(volume: np.ndarray, affine: np.ndarray, spacing: float | Seque
   res_affine[:3, :3] = ras_affine[:3, :3] * scale[None, :]
   shape = resample.resampled_shape(ras.shape, old, spacing)
   if np.allclose(scale, 1.0) and shape == ras.shape:
-    out = np.ascontiguousarray(ras, np.float32)  # resample_to_spacing does not interpolate
+    out = c_order_copy(ras, np.float32)  # resample_to_spacing does not interpolate either
   else:
     out = resample_linear(ras, scale, shape)
   # preprocess.scale_hu's operations, in place.
@@ -227,7 +241,7 @@ def to_original_grid(data: np.ndarray, model: Grid, original: Grid) -> np.ndarra
     # Fortran-ordered, the order NIfTI stores, so nibabel writes it without a transposing copy.
     # The innermost axis is gathered on the small model grid; every output plane is then
     # whole rows of it, copied straight into the result.
-    wide = np.take(np.ascontiguousarray(src.T), index[0], axis=2)  # (Z_model, Y_model, X)
+    wide = np.take(c_order_copy(src.T), index[0], axis=2)          # (Z_model, Y_model, X)
     out = np.empty(tuple(original.shape[::-1]), data.dtype)         # (Z, Y, X)
     for z, k in enumerate(index[2]):
       np.take(wide[k], index[1], axis=0, out=out[z])

@@ -26,8 +26,8 @@ def trained(tmp_path_factory):
   cfg.batch_size = jax.device_count()
   cfg.data.phantom_sources = (SOURCE,)
   data = job.phantom_data(cfg, str(tmp / "data"))
-  cfg = job._with(cfg, **{"data.shard_dirs": (str(data["train"][SOURCE]),),  # pylint: disable=protected-access
-                          "data.val_dirs": (str(data["val"][SOURCE]),)})
+  cfg.data.shard_dirs = (str(data["train"][SOURCE]),)
+  cfg.data.val_dirs = (str(data["val"][SOURCE]),)
   run_dir = tmp / "run"
   out = seg_train.train(cfg, str(run_dir))
   raw = data["raw_test"][SOURCE]

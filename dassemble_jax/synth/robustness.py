@@ -71,6 +71,18 @@ def read_index(set_dir: str | os.PathLike) -> dict:
   return index
 
 
+def parse_values(prop: str, text: str | None) -> list:
+  """'3,5,8' -> [3.0, 5.0, 8.0] (names for 'location'); None -> the sweep's preset."""
+  from dassemble_jax.synth import sweep
+  if not text:
+    return list(sweep.DEFAULT_VALUES[prop])
+  items = [t.strip() for t in text.split(",") if t.strip()]
+  try:
+    return items if prop == "location" else [float(t) for t in items]
+  except ValueError as e:
+    raise RobustnessError(f"--values {text!r}: {e}") from e
+
+
 def generate_set(out: pathlib.Path, prop: str, values, cases: int, seed: int, vol) -> dict:
   from dassemble_jax.synth import sweep
   return sweep.run(out, prop, values, cases, seed, vol)
@@ -211,8 +223,7 @@ def run(workdir: str, out: str | os.PathLike, *, properties: Sequence[str] = ("s
       if prop not in sweep.PROPERTIES:
         raise RobustnessError(f"unknown property {prop!r}; choose from {sweep.PROPERTIES}")
       set_dir = out / "sets" / prop
-      generate_set(set_dir, prop, sweep._parse_values(prop, values),  # pylint: disable=protected-access
-                   cases, seed, vol)
+      generate_set(set_dir, prop, parse_values(prop, values), cases, seed, vol)
       folders.append((set_dir, read_index(set_dir)))
   results = [evaluate_set(loaded, d, index) for d, index in folders]
   summary = {"workdir": str(workdir), "checkpoint_step": loaded.step, "checkpoint": checkpoint,

@@ -121,3 +121,17 @@ def test_markdown_mean_row():
   md = report.markdown(summary, ["A"], ["1", "2"], {"A": {"1": 99.0}})
   assert "| 1 | 90.00 ± 0.00 | 99.0 |" in md
   assert "| mean | 80.00 ± 7.07 | - |" in md
+
+
+def test_all_tables_runs_tables_side_by_side_and_names_a_failure(tmp_path):
+  from dassemble_jax.experiments import all_tables
+  idx = write_fake_mnist(tmp_path / "idx", num_train=10200, num_test=100)
+  walls = all_tables.run_all(str(tmp_path / "w"), seeds=1, jobs=2, tiny=True,
+                             data_path=str(idx), tables=("odd_even", "zero"))
+  for t in ("odd_even", "zero"):
+    assert (tmp_path / "w" / t / f"{t}.md").stat().st_size > 0
+    assert (tmp_path / "w" / t / "log.txt").stat().st_size > 0
+  assert walls["total"] < walls["odd_even"] + walls["zero"]  # they overlapped
+  with pytest.raises(RuntimeError, match=r"odd_even \(see .*odd_even/log.txt\)"):
+    all_tables.run_all(str(tmp_path / "bad"), seeds=1, jobs=1, tiny=True,
+                       data_path=str(tmp_path / "missing"), tables=("odd_even",))

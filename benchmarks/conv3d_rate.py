@@ -50,7 +50,7 @@ def main():
     # value_and_grad: the forward must run too (grad alone of a linear map needs no forward).
     vg = jax.value_and_grad(fwd, argnums=(0, 1))
 
-    def both(x, w):
+    def both(x, w, vg=vg):
       v, gs = vg(x, w)
       return v + sum(g.astype(jnp.float32).mean() for g in gs)
     t_fwd = time_fn(fwd, x, w, reps=a.reps)

@@ -6,14 +6,20 @@ Two managers live in the workdir:
   checkpoints/best    the state with the best validation score (what evaluation needs).
 The best checkpoint is written before the latest one, so a run killed between the two redoes
 that epoch and arrives at the same place.
+
+The JSON metadata is written by the primary process only. What differs between processes (each
+process's data-iterator position) goes in as `per_process(value)`: a list with every process's
+value, which `this_process(list)` picks from again on restore.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 
@@ -61,6 +67,30 @@ def _restore(manager, step, abstract_state):
   restored = manager.restore(step, args=ocp.args.Composite(
       state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
   return restored["state"], restored["meta"]
+
+
+def per_process(value: Any) -> list:
+  """[value of process 0, value of process 1, ...] on every process (a collective: every process
+  must call it). `value` must be JSON-serialisable."""
+  if jax.process_count() == 1:
+    return [value]
+  from jax.experimental import multihost_utils
+  data = np.frombuffer(json.dumps(value).encode(), np.uint8)
+  lengths = multihost_utils.process_allgather(np.array([data.size], np.int32)).reshape(-1)
+  padded = np.zeros(int(lengths.max()), np.uint8)
+  padded[:data.size] = data
+  gathered = multihost_utils.process_allgather(padded).reshape(len(lengths), -1)
+  return [json.loads(row[:n].tobytes().decode()) for row, n in zip(gathered, lengths)]
+
+
+def this_process(values: list | None) -> Any:
+  """This process's entry of a `per_process` list (None when there is none)."""
+  if not values:
+    return None
+  if len(values) != jax.process_count():
+    raise ValueError(f"the checkpoint holds iterator states of {len(values)} processes but this "
+                     f"run has {jax.process_count()}: resume with the same number of processes")
+  return values[jax.process_index()]
 
 
 def abstract_like(state: Any) -> Any:

@@ -206,7 +206,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   val = arrayrecord_io.load_split_arrays(data_dir, "validation", verify=False)
 
   ckpts = checkpointing.Checkpoints(workdir)
-  meta = {"epoch": 0, "best_val_auc": -1.0, "best_epoch": 0, "iterator": None}
+  meta = {"epoch": 0, "best_val_auc": -1.0, "best_epoch": 0, "iterators": None}
   restored = ckpts.restore_latest(checkpointing.abstract_like(state))
   if restored is not None:
     state, meta = restored
@@ -231,8 +231,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
                                   transforms=[pipeline.SelectFields(_TRAIN_FIELDS)],
                                   worker_count=config.grain_workers)
     iterator = iter(loader)
-    if meta.get("iterator"):
-      pipeline.restore_iterator_state(iterator, meta["iterator"])
+    own = checkpointing.this_process(meta.get("iterators"))
+    if own:
+      pipeline.restore_iterator_state(iterator, own)
     step_fn = jax.jit(train_step, donate_argnums=0)
 
     def next_epoch(state, epoch):
@@ -258,8 +259,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
     step = epoch * steps_per_epoch
     meta = {"epoch": epoch, "best_val_auc": max(val_mean, meta["best_val_auc"]),
             "best_epoch": epoch if is_best else meta["best_epoch"],
-            "iterator": (pipeline.iterator_state_to_json(iterator)
-                         if config.input_mode == "grain" else None)}
+            # Every process's own Grain position (each reads its own shard of the data).
+            "iterators": (checkpointing.per_process(pipeline.iterator_state_to_json(iterator))
+                          if config.input_mode == "grain" else None)}
     ckpts.save(epoch, state, meta, is_best=is_best)
     scalars = {"train/loss": train_metrics["loss"], "train/grad_norm": train_metrics["grad_norm"],
                "val/mean_auc": val_mean}

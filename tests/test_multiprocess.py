@@ -48,3 +48,32 @@ def test_explicit_coordinator_needs_process_flags(tmp_path):
                        cwd=REPO, capture_output=True, text=True, timeout=120)
   assert out.returncode != 0
   assert "needs --num_processes and --process_id" in out.stderr
+
+
+_GATHER = """
+import sys, jax
+jax.config.update("jax_platforms", "cpu")
+jax.distributed.initialize(sys.argv[1], num_processes=2, process_id=int(sys.argv[2]))
+from dassemble_jax import checkpointing
+i = jax.process_index()
+mine = {"process": i, "position": "x" * (3 + 40 * i)}  # different lengths on purpose
+values = checkpointing.per_process(mine)
+assert values == [{"process": 0, "position": "xxx"}, {"process": 1, "position": "x" * 43}], values
+assert checkpointing.this_process(values) == mine
+print("ok", i)
+"""
+
+
+def test_each_process_keeps_its_own_iterator_state():
+  """Checkpoint metadata is written by process 0 alone, so every process's Grain position is
+  gathered into it and each process takes back its own on resume."""
+  sys.path.insert(0, str(REPO / "launch"))
+  from local import free_port
+  address = f"127.0.0.1:{free_port()}"
+  env = dict(os.environ, PYTHONPATH=str(REPO), XLA_FLAGS="--xla_force_host_platform_device_count=1")
+  procs = [subprocess.Popen([sys.executable, "-c", _GATHER, address, str(i)], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+           for i in range(2)]
+  outs = [p.communicate(timeout=300)[0] for p in procs]
+  for i, (p, out) in enumerate(zip(procs, outs)):
+    assert p.returncode == 0 and f"ok {i}" in out, out[-3000:]

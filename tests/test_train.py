@@ -62,7 +62,7 @@ def test_grain_input_mode_trains_and_saves_iterator(idx_dir, tmp_path):
   meta_files = list((tmp_path / "checkpoints" / "latest").glob("*/meta/*"))
   assert meta_files, "the checkpoint has no metadata item"
   meta = json.loads(next(p for p in meta_files if p.is_file()).read_text())
-  assert meta["iterator"] is not None
+  assert len(meta["iterators"]) == 1 and meta["iterators"][0]  # one process, its position
 
 
 def test_train_step_compiles_once(idx_dir):

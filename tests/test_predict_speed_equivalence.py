@@ -104,6 +104,15 @@ def test_boxes_pack_unpack_and_label_map():
     labels = pp.masks_to_label_map(m)
     np.testing.assert_array_equal(labels, ref.ref_masks_to_label_map(m))
     np.testing.assert_array_equal(pp.bits_to_label_map(bits, c), labels)
+  rng = np.random.default_rng(12)
+  for c in (1, 8, 29, 32, 33, 64):  # the flat (32, 64) and per-voxel forms, any memory order
+    m = rng.random((5, 4, 3, c)) < 0.5
+    want = sum(m[..., k].astype(np.uint64) << np.uint64(k) for k in range(c))
+    for layout in (m, np.asfortranarray(m), m[::-1, :, ::-1]):
+      bits = pp.pack_masks(layout)
+      np.testing.assert_array_equal(bits.astype(np.uint64), want[::-1, :, ::-1]
+                                    if layout.strides[0] < 0 else want)
+      np.testing.assert_array_equal(pp.unpack_bits(bits, c), layout)
   # Bit k is class k + 1, as in the training records (taxonomy.bit).
   one = np.zeros((1, 1, 1, 32), bool)
   one[..., 26] = True

@@ -26,16 +26,23 @@ def pack_masks(masks: np.ndarray) -> np.ndarray:
   """(X, Y, Z, C) bool -> (X, Y, Z) uint32 (C <= 32) or uint64 (C <= 64), bit k = channel k."""
   masks = np.asarray(masks, bool)
   dtype = bits_dtype(masks.shape[-1])
+  little = dtype.newbyteorder("<")
+  if masks.shape[-1] == 8 * dtype.itemsize:  # C = 32 (or 64): the flat form is ~8x faster
+    flat = np.packbits(np.ascontiguousarray(masks).reshape(-1), bitorder="little")
+    return flat.view(little).reshape(masks.shape[:-1]).astype(dtype, copy=False)
   packed = np.packbits(masks, axis=-1, bitorder="little")  # (X, Y, Z, ceil(C / 8)) uint8
   if packed.shape[-1] != dtype.itemsize:
     width = [(0, 0)] * (packed.ndim - 1) + [(0, dtype.itemsize - packed.shape[-1])]
     packed = np.pad(packed, width)
-  return packed.view(dtype.newbyteorder("<"))[..., 0].astype(dtype, copy=False)
+  return np.ascontiguousarray(packed).view(little)[..., 0].astype(dtype, copy=False)
 
 
 def unpack_bits(bits: np.ndarray, num_classes: int) -> np.ndarray:
   """(X, Y, Z) bitmask -> (X, Y, Z, num_classes) bool; the inverse of `pack_masks`."""
   bits = np.ascontiguousarray(bits, bits_dtype(num_classes).newbyteorder("<"))
+  if num_classes == 8 * bits.itemsize:  # the flat form is ~3x faster
+    flat = np.unpackbits(bits.view(np.uint8).reshape(-1), bitorder="little")
+    return flat.reshape(bits.shape + (num_classes,)).view(bool)
   as_bytes = bits.view(np.uint8).reshape(bits.shape + (bits.itemsize,))
   out = np.unpackbits(as_bytes, axis=-1, count=num_classes, bitorder="little")
   return out.view(bool)

@@ -318,7 +318,8 @@ def main():
   src, affine = write_input(folder, shape, file_spacing)
   model_shape = resample.resampled_shape(shape, file_spacing, [a.spacing] * 3)
   masks = phantom_masks(model_shape)
-  result = {"repeats": a.repeats, "file_shape": shape, "file_spacing_mm": file_spacing, "model_spacing_mm": a.spacing,
+  result = {"repeats": a.repeats, "file_shape": shape, "file_spacing_mm": file_spacing,
+            "model_spacing_mm": a.spacing,
             "model_grid": model_shape, "classes": masks.shape[-1],
             "mask_voxels": int(masks.sum()), "load_average": os.getloadavg(),
             "cpus": os.cpu_count()}
@@ -352,7 +353,8 @@ def main():
         np.asanyarray(nib.load(os.path.join(folder, "reference.nii.gz")).dataobj)))
     print(f"  speedup: {result['speedup']}; model volume max |diff| "
           f"{result['max_abs_diff_model_volume']:.2e}; same masks {result['same_masks']} "
-          f"(masks API: {result['postprocess_masks_api_s']:.2f} s, same {result['same_masks_api']}); "
+          f"(masks API: {result['postprocess_masks_api_s']:.2f} s, "
+          f"same {result['same_masks_api']}); "
           f"same label file {result['same_label_file']}")
   result["load_average_after"] = os.getloadavg()
   print(json.dumps(result))

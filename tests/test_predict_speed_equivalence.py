@@ -12,6 +12,7 @@ import pytest
 from scipy import ndimage
 
 from benchmarks import predict_host as ref
+from dassemble_jax.ct import nifti_io
 from dassemble_jax.segmentation import postprocess as pp
 from dassemble_jax.segmentation import predict
 
@@ -135,10 +136,10 @@ def test_to_model_grid_equals_scipy(affine, spacing):
   assert got.dtype == np.float32 and got.shape == want.shape == grid.shape == want_grid.shape
   np.testing.assert_allclose(grid.affine, want_grid.affine, rtol=0, atol=1e-12)
   np.testing.assert_allclose(got, want, rtol=0, atol=1e-4)
-  same, _ = predict.to_model_grid(hu, affine, np.sqrt(np.sum(affine[:3, :3] ** 2, 0))[
-      np.argmax(np.abs(affine[:3, :3]), 0)])   # the file's own spacing: no interpolation
-  np.testing.assert_array_equal(same, ref.ref_to_model_grid(hu, affine, np.sqrt(np.sum(
-      affine[:3, :3] ** 2, 0))[np.argmax(np.abs(affine[:3, :3]), 0)])[0])
+  # At the file's own spacing (in RAS axis order) nothing is interpolated: exactly equal.
+  own = nifti_io.voxel_sizes(predict.ras_view(hu, affine)[1])
+  same, _ = predict.to_model_grid(hu, affine, own)
+  np.testing.assert_array_equal(same, ref.ref_to_model_grid(hu, affine, own)[0])
 
 
 def test_resample_linear_equals_scipy():
@@ -146,13 +147,13 @@ def test_resample_linear_equals_scipy():
   data = rng.normal(size=(17, 12, 9)) * 100
   for scale, shape in [((1.9, 1.9, 1.5), (9, 6, 6)), ((0.4, 0.7, 1.0), (43, 18, 9)),
                        ((2.6, 0.3, 1.2), (7, 40, 8))]:
-    want = ndimage.affine_transform(data, scale, output_shape=shape, order=1, mode="nearest",
-                                    prefilter=False)
-    got = predict.resample_linear(data[::-1], scale, shape)  # a strided view is fine
-    want_flipped = ndimage.affine_transform(data[::-1].copy(), scale, output_shape=shape,
-                                            order=1, mode="nearest", prefilter=False)
-    np.testing.assert_allclose(got, want_flipped, rtol=0, atol=1e-4)
-    assert want.shape == got.shape
+    # C order, Fortran order, and a flipped view: any strides, any loop axis.
+    for view in (data, np.asfortranarray(data), data[::-1, :, ::-1]):
+      want = ndimage.affine_transform(np.array(view), scale, output_shape=shape, order=1,
+                                      mode="nearest", prefilter=False)
+      got = predict.resample_linear(view, scale, shape)
+      assert got.dtype == np.float32 and got.flags.c_contiguous
+      np.testing.assert_allclose(got, want, rtol=0, atol=1e-4)
 
 
 @pytest.mark.parametrize("affine", [np.diag([-0.78, -0.78, 1.0, 1.0]), PERMUTED])

@@ -30,7 +30,6 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-sys.path.insert(0, os.path.dirname(__file__))
 
 import nibabel as nib  # noqa: E402
 import numpy as np  # noqa: E402
@@ -310,7 +309,8 @@ def main():
                       "shared machine the minimum is the least disturbed run)")
   p.add_argument("--json", default="", help="write the results here too")
   a = p.parse_args()
-  from universal_step import phantom_masks  # noqa: E402  (heavy import: only when run)
+  sys.path.insert(0, os.path.dirname(__file__))  # (only when run: tests import this module)
+  from universal_step import phantom_masks  # noqa: E402  (heavy import)
 
   shape = tuple(int(s) for s in a.file_shape.split(","))
   file_spacing = [float(s) for s in a.file_spacing.split(",")]

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs the benchmarks that need an accelerator, in one call on the lent GPU machine.
 #
-#   bash benchmarks/device_session.sh GROUP [GROUP...]     (groups: model, unet_bf16, synth, synth_b2, classify, variants, conv, data)
+#   bash benchmarks/device_session.sh GROUP [GROUP...]     (groups: model, unet_bf16, synth, synth_b2, classify, variants, conv, breakdown, data)
 #
 # Each benchmark's stdout (JSON lines or a table) is appended to $OUT/stdout.txt under its name,
 # its stderr to $OUT/log.txt; a benchmark that fails or runs out of its time is reported and the
@@ -49,6 +49,9 @@ for group in "$@"; do
     unet_bf16)
       bench unet_bf16 330 benchmarks/universal_step.py --backbone=unet --dtype=bfloat16 --steps=10 \
         --flops_G=9617 --volume=512,512,300 --sw_batch=8 --file_spacing=0.78,0.78,1.0
+      ;;
+    breakdown)  # backbone vs heads + loss vs augmentation + optimiser
+      bench unet_breakdown 200 benchmarks/unet_breakdown.py --backbone=unet --dtype=bfloat16
       ;;
     synth)
       bench synth 200 benchmarks/synth_benchmark.py --kind=mix --batch=16 --reps=5 --np-reps=1

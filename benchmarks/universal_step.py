@@ -16,7 +16,7 @@ With --analyse_only the step is compiled but not run (for sizes too big to time 
 voxels, thresholds + transfer to the host, and post-processing on phantom organ masks of that
 size (a random-weight model's masks are noise, unlike any real prediction). --file_spacing adds
 the user's path for a NIfTI of that many voxels at that spacing (read, resample to the model's
-spacing, predict, resample back, write).
+spacing, predict, post-process, resample back, write), again with phantom masks after the model.
 """
 
 from __future__ import annotations
@@ -92,8 +92,17 @@ def time_volume(a, c, comp, state, table, rng) -> dict:
   variables = evaluate.host_variables(state, np.asarray(table))
   vol = rng.random(shape, np.float32)
   kw = dict(params=variables, window=(a.crop,) * 3, overlap=0.5, sw_batch_size=a.sw_batch)
-  out = {"volume": shape,
-         "windows": int(np.prod([len(sw.window_starts(n, a.crop, 0.5)) for n in shape]))}
+  out = {"volume": shape}
+  if not a.skip_grid:
+    out.update(_time_grid(a, apply_fn, kw, vol, shape))
+  if a.file_spacing:
+    out.update(_time_file(a, c, apply_fn, kw, shape, rng))
+  return out
+
+
+def _time_grid(a, apply_fn, kw, vol, shape) -> dict:
+  """Sliding window, thresholds and post-processing in a model grid of `shape` voxels."""
+  out = {"windows": int(np.prod([len(sw.window_starts(n, a.crop, 0.5)) for n in shape]))}
   # 1. Sliding window: windows batched through the model, Gaussian-weighted stitching, sigmoid.
   _log(f"sliding window over {shape}: {out['windows']} windows (first call compiles)")
   jax.block_until_ready(sw.sliding_window_inference(apply_fn, vol, output="probs", **kw))
@@ -102,48 +111,99 @@ def time_volume(a, c, comp, state, table, rng) -> dict:
   jax.block_until_ready(probs)
   out["sliding_window_s"] = time.perf_counter() - t0
   out["accumulated_on"] = "device" if isinstance(probs, jax.Array) else "host"
-  # 2. Thresholds where the probabilities are; 1 byte per voxel and class to the host.
+  # 2. Thresholds and packing where the probabilities are: a uint32 per voxel to the host.
   thresholds = jnp.full((probs.shape[-1],), 0.5, jnp.float32)
-  np.asarray(seg_predict._threshold_on_device(probs, thresholds))
+  np.array(seg_predict._threshold_bits_on_device(probs, thresholds))
   t0 = time.perf_counter()
-  np.asarray(seg_predict._threshold_on_device(probs, thresholds))
+  np.array(seg_predict._threshold_bits_on_device(probs, thresholds))
   out["threshold_to_host_s"] = time.perf_counter() - t0
   del probs
-  # 3. Post-processing (host, SciPy) on organ-like masks of this size.
+  # 3. Post-processing (host) of organ-like masks of this size, packed as predict_file has them.
   _log(f"sliding window {out['sliding_window_s']:.2f} s; post-processing phantom masks")
-  masks = phantom_masks(shape)
+  bits = pp.pack_masks(phantom_masks(shape))
   t0 = time.perf_counter()
-  pp.postprocess(masks)
+  pp.postprocess_bits(bits, 32, copy=False)
   out["postprocess_s"] = time.perf_counter() - t0
   out["predict_volume_s"] = (out["sliding_window_s"] + out["threshold_to_host_s"]
                              + out["postprocess_s"])
   _log(f"post-processing {out['postprocess_s']:.2f} s")
-  if a.file_spacing:
-    # The user's path for a NIfTI of `volume` voxels at `file_spacing` mm: read, resample to the
-    # model's spacing, sliding window, thresholds, resample back, write (dassemble_jax.predict's
-    # work). Post-processing is left out here (random weights) and added from step 3's rate.
-    import tempfile
-
-    import nibabel as nib
-    spacing = [float(s) for s in a.file_spacing.split(",")]
-    folder = tempfile.mkdtemp(prefix="bench_predict_")
-    src = os.path.join(folder, "ct.nii.gz")
-    hu = (rng.random(shape, np.float32) * 1000 - 500).astype(np.int16)
-    nib.save(nib.Nifti1Image(hu, np.diag(spacing + [1.0])), src)
-    file_kw = dict(kw, spacing=c.data.spacing, postprocess=False)
-    _log("file path: warm-up call")
-    seg_predict.predict_file(apply_fn, src, os.path.join(folder, "warm.nii.gz"), **file_kw)
-    t0 = time.perf_counter()
-    res = seg_predict.predict_file(apply_fn, src, os.path.join(folder, "out.nii.gz"), **file_kw)
-    model_shape = seg_predict.to_model_grid(hu, np.diag(spacing + [1.0]), c.data.spacing)[0].shape
-    t1 = time.perf_counter()
-    pp.postprocess(phantom_masks(model_shape))
-    out["file_spacing_mm"] = spacing
-    out["file_model_grid"] = list(model_shape)
-    out["file_stages_s"] = dict(res.timings, postprocess=time.perf_counter() - t1)
-    out["file_total_s"] = sum(out["file_stages_s"].values())
-    _log(f"file path {out['file_total_s']:.2f} s: {out['file_stages_s']}")
   return out
+
+
+def _time_file(a, c, apply_fn, kw, shape, rng) -> dict:
+  """The user's path for a NIfTI of `volume` voxels at `file_spacing` mm, stage by stage.
+
+  The stages of `segmentation.predict.predict_file` in its order, with one swap: the random-
+  weight model's masks are replaced by phantom organ masks before post-processing and writing
+  (noise masks would make both unrealistically slow). A full `predict_file` call first compiles
+  everything for these shapes.
+  """
+  import tempfile
+
+  import nibabel as nib
+  spacing = [float(s) for s in a.file_spacing.split(",")]
+  folder = tempfile.mkdtemp(prefix="bench_predict_")
+  src = os.path.join(folder, "ct.nii.gz")
+  hu = (rng.random(shape, np.float32) * 1000 - 500).astype(np.int16)
+  nib.save(nib.Nifti1Image(hu, np.diag(spacing + [1.0])), src)
+  _log("file path: warm-up call (compiles)")
+  seg_predict.predict_file(apply_fn, src, os.path.join(folder, "warm.nii.gz"),
+                           spacing=c.data.spacing, postprocess=False, **kw)
+  stages = {}
+  t0 = time.perf_counter()
+  volume, affine, _ = seg_predict.load_nifti_for_prediction(src, dtype=None)
+  original = seg_predict.Grid(tuple(volume.shape), affine)
+  model_volume, model_grid = seg_predict.to_model_grid(volume, affine, c.data.spacing)
+  del volume
+  stages["load_resample"] = time.perf_counter() - t0
+  t0 = time.perf_counter()
+  probs = sw.sliding_window_inference(apply_fn, model_volume, output="probs", **kw)
+  bits = np.array(seg_predict._threshold_bits_on_device(probs, jnp.full((32,), 0.5)))
+  stages["model_threshold"] = time.perf_counter() - t0
+  del probs
+  bits = pp.pack_masks(phantom_masks(bits.shape))  # the swap (untimed)
+  t0 = time.perf_counter()
+  bits = pp.postprocess_bits(bits, 32, model_grid.affine, copy=False)
+  stages["postprocess"] = time.perf_counter() - t0
+  t0 = time.perf_counter()
+  labels = pp.bits_to_label_map(bits)
+  seg_predict.save_label_map(os.path.join(folder, "out.nii.gz"),
+                             seg_predict.to_original_grid(labels, model_grid, original), affine)
+  stages["write"] = time.perf_counter() - t0
+  out = {"file_spacing_mm": spacing, "file_model_grid": list(model_volume.shape),
+         "file_stages_s": stages, "file_total_s": sum(stages.values())}
+  _log(f"file path {out['file_total_s']:.2f} s: {stages}")
+  return out
+
+
+def _time_step(a, c, comp, state, table, rng, out: dict):
+  """Compiles the train step (FLOPs, memory) and, unless --analyse_only, times it."""
+  batch = sharding.put_batch(_host_batch(c, rng), comp.mesh, c.batch_size)
+  t0 = time.perf_counter()
+  compiled = comp.step.lower(state, batch, table).compile()
+  out["compile_s"] = time.perf_counter() - t0
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  mem = compiled.memory_analysis()
+  peak = (mem.argument_size_in_bytes + mem.output_size_in_bytes + mem.temp_size_in_bytes
+          - mem.alias_size_in_bytes)
+  out.update(flops_per_step_G=cost.get("flops", float("nan")) / 1e9, peak_memory_GB=peak / 1e9,
+             temp_GB=mem.temp_size_in_bytes / 1e9)
+  if a.analyse_only:
+    return state
+  times = []
+  for i in range(a.steps + 1):
+    t0 = time.perf_counter()
+    state, m = compiled(state, batch, table)
+    jax.block_until_ready(m)
+    if i:  # the first call also allocates; leave it out
+      times.append(time.perf_counter() - t0)
+  out["step_s"] = statistics.median(times)
+  out["achieved_GFLOPs"] = out["flops_per_step_G"] / out["step_s"]
+  if a.flops_G:
+    out["achieved_GFLOPs_at_given_flops"] = a.flops_G / out["step_s"]
+  _log(f"step {out['step_s'] * 1e3:.1f} ms (median of {a.steps})")
+  return state
 
 
 def run(a) -> dict:
@@ -157,34 +217,12 @@ def run(a) -> dict:
   state = comp.init_state()
   jax.block_until_ready(state)
   init_s = time.perf_counter() - t0
-  batch = sharding.put_batch(_host_batch(c, rng), mesh, c.batch_size)
-  t0 = time.perf_counter()
-  compiled = comp.step.lower(state, batch, table).compile()
-  compile_s = time.perf_counter() - t0
-  cost = compiled.cost_analysis()
-  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  mem = compiled.memory_analysis()
-  peak = (mem.argument_size_in_bytes + mem.output_size_in_bytes + mem.temp_size_in_bytes
-          - mem.alias_size_in_bytes)
   n_params = sum(x.size for x in jax.tree.leaves(state["params"]))
-  out = {"backbone": a.backbone, "norm": c.model.norm, "crop": a.crop, "batch": a.batch, "classes": 32,
-         "params_M": n_params / 1e6, "dtype": a.dtype, "device": str(jax.devices()[0]),
-         "flops_per_step_G": cost.get("flops", float("nan")) / 1e9,
-         "peak_memory_GB": peak / 1e9, "temp_GB": mem.temp_size_in_bytes / 1e9,
-         "init_s": init_s, "compile_s": compile_s}
-  if not a.analyse_only:
-    times = []
-    for i in range(a.steps + 1):
-      t0 = time.perf_counter()
-      state, m = compiled(state, batch, table)
-      jax.block_until_ready(m)
-      if i:  # the first call also allocates; leave it out
-        times.append(time.perf_counter() - t0)
-    out["step_s"] = statistics.median(times)
-    out["achieved_GFLOPs"] = out["flops_per_step_G"] / out["step_s"]
-    if a.flops_G:
-      out["achieved_GFLOPs_at_given_flops"] = a.flops_G / out["step_s"]
-    _log(f"step {out['step_s'] * 1e3:.1f} ms (median of {a.steps})")
+  out = {"backbone": a.backbone, "norm": c.model.norm, "crop": a.crop, "batch": a.batch,
+         "classes": 32, "params_M": n_params / 1e6, "dtype": a.dtype,
+         "device": str(jax.devices()[0]), "init_s": init_s}
+  if a.steps > 0 or a.analyse_only:
+    state = _time_step(a, c, comp, state, table, rng, out)
   if a.volume:
     out.update(time_volume(a, c, comp, state, table, rng))
   return out
@@ -201,13 +239,15 @@ def main():
   p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
   p.add_argument("--norm", default="", choices=("", "batch", "group"),
                  help="U-Net normalisation ('' = the config's: batch)")
-  p.add_argument("--steps", type=int, default=3)
+  p.add_argument("--steps", type=int, default=3, help="0: no train step (prediction only)")
   p.add_argument("--analyse_only", action="store_true")
   p.add_argument("--volume", default="", help="X,Y,Z for a whole-volume prediction timing")
   p.add_argument("--sw_batch", type=int, default=4)
   p.add_argument("--flops_G", type=float, default=0.0,
                  help="FLOPs per step for the 'achieved' rate: XLA:GPU's cost analysis leaves "
                       "out cuDNN convolutions, so pass XLA:CPU's count (--analyse_only on a CPU)")
+  p.add_argument("--skip_grid", action="store_true",
+                 help="with --file_spacing: time only the file path, not the model-grid stages")
   p.add_argument("--file_spacing", default="",
                  help="X,Y,Z mm: also time NIfTI -> model grid -> predict -> original grid -> NIfTI")
   print(json.dumps(run(p.parse_args())), flush=True)

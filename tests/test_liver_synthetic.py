@@ -14,6 +14,7 @@ import pytest
 from configs import liver_synthetic
 from dassemble_jax import sharding
 from dassemble_jax.ct import taxonomy
+from dassemble_jax.data import arrayrecord_io
 from dassemble_jax.segmentation import evaluate
 from dassemble_jax.segmentation import job
 from dassemble_jax.segmentation import train as seg_train
@@ -51,6 +52,10 @@ def test_synthesis_inserts_tumors_only_into_healthy_livers(data):
   cfg = _tiny()
   eligible = synth_training.eligible_sources(cfg, dirs)
   np.testing.assert_array_equal(eligible, [True, False, False])  # LiTS has tumors, spleen no liver
+  # The healthy-liver phantom source annotates the liver only and has no tumor voxel.
+  assert arrayrecord_io.read_manifest(dirs[0])["annotated"]["phantom_healthy_liver"] == [6]
+  for record in arrayrecord_io.read_records(dirs[0], "train"):
+    assert not (record["label"] & TUMOR_BIT).any() and (record["label"] & LIVER_BIT).any()
   with cfg.unlocked():
     cfg.data.shard_dirs = tuple(dirs)
     cfg.synth.prob = 1.0

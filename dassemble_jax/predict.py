@@ -34,6 +34,9 @@ def _define_flags():
       "per_class": flags.DEFINE_bool("per_class", False, "Also write one 0/1 file per class."),
       "sw_batch_size": flags.DEFINE_integer("sw_batch_size", None, "Windows per model call "
                                             "(default: the config's eval.sw_batch_size)."),
+      "checkpoint": flags.DEFINE_enum("checkpoint", "best", ["best", "latest"],
+                                      "best: the validation-selected state (the latest when the "
+                                      "run validated nothing); latest: the last saved state."),
   }
 
 
@@ -55,8 +58,14 @@ class LoadedModel:
   step: int
 
 
-def load_model(workdir: str) -> LoadedModel:
-  """Rebuilds the model of a training folder and restores its latest checkpoint."""
+def load_model(workdir: str, checkpoint: str = "best") -> LoadedModel:
+  """Rebuilds the model of a training folder and restores a checkpoint of it.
+
+  checkpoint='best': the state that scored best on validation (checkpoints/best), or the latest
+  when the run has no best one (it validated nothing); 'latest': the last saved state.
+  """
+  if checkpoint not in ("best", "latest"):
+    raise ValueError(f"checkpoint must be 'best' or 'latest', got {checkpoint!r}")
   import jax
   import jax.numpy as jnp
   import ml_collections
@@ -86,10 +95,17 @@ def load_model(workdir: str) -> LoadedModel:
   abstract = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=rep),
                           abstract)
   ckpts = checkpointing.Checkpoints(workdir)
-  restored = ckpts.restore_latest(abstract)
-  ckpts.close()
+  try:
+    restored = ckpts.restore_best(abstract) if checkpoint == "best" else None
+    if restored is None:
+      restored = ckpts.restore_latest(abstract)
+  except Exception as e:  # noqa: BLE001 - a damaged checkpoint: say which folder
+    raise ModelDirError(f"{workdir}/checkpoints: cannot restore the {checkpoint} checkpoint "
+                        f"({e})") from e
+  finally:
+    ckpts.close()
   if restored is None:
-    raise ModelDirError(f"{workdir}: no checkpoint under checkpoints/latest")
+    raise ModelDirError(f"{workdir}: no checkpoint under checkpoints/")
   state, meta = restored
   e = config.eval
   thresholds = np.where(trained, float(e.threshold), 2.0).astype(np.float32)
@@ -128,14 +144,14 @@ def main(argv):
   logging.set_verbosity(logging.WARNING)  # Orbax logs every restore at INFO
   from dassemble_jax.ct.nifti_io import CaseError
   try:
-    loaded = load_model(_FLAGS["workdir"].value)
+    loaded = load_model(_FLAGS["workdir"].value, _FLAGS["checkpoint"].value)
   except ModelDirError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
   sw_batch = _FLAGS["sw_batch_size"].value
   overrides = {} if sw_batch is None else {"sw_batch_size": sw_batch}
-  print(f"model {_FLAGS['workdir'].value} (step {loaded.step}, {loaded.config.model.backbone})",
-        flush=True)
+  print(f"model {_FLAGS['workdir'].value} ({_FLAGS['checkpoint'].value} checkpoint: step "
+        f"{loaded.step}, {loaded.config.model.backbone})", flush=True)
   try:
     for result in predict_with(loaded, _FLAGS["input"].value, _FLAGS["output"].value,
                                per_class=_FLAGS["per_class"].value, **overrides):

@@ -51,7 +51,7 @@ def test_interrupted_run_resumes_exactly(runs):
   # Resumed params == uninterrupted params: state, schedule, step rng and Grain position all
   # came back from the checkpoint.
   comp = runs["straight"]["compiled"]
-  restored = predict_cli.load_model(runs["dir"])
+  restored = predict_cli.load_model(runs["dir"], checkpoint="latest")
   straight = jax.device_get(runs["straight"]["state"]["params"])
   resumed = jax.device_get(restored.variables[0])
   for a, b in zip(jax.tree.leaves(straight), jax.tree.leaves(resumed)):
@@ -129,7 +129,9 @@ def test_best_checkpoint_has_the_highest_validation_score(runs):
   best = max(scores, key=lambda s: (scores[s], -s))  # the first of equal scores stays
   assert _best_step(runs["dir"]) == best
   assert evaluate.load_model(runs["dir"]).step == best
-  assert predict_cli.load_model(runs["dir"]).step == 3  # the latest is kept for resuming
+  assert predict_cli.load_model(runs["dir"]).step == best  # the CLI's default
+  # The latest is kept for resuming.
+  assert predict_cli.load_model(runs["dir"], checkpoint="latest").step == 3
 
 
 def test_best_checkpoint_is_selected_and_survives_a_resume(runs, monkeypatch):

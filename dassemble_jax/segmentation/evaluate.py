@@ -211,36 +211,10 @@ class Validator:
 
 
 def load_model(workdir: str, checkpoint: str = "best"):
-  """`predict.load_model(workdir)` with the best checkpoint's variables when the folder has one
-  (checkpoint='best'); checkpoint='latest' keeps the latest. Raises predict.ModelDirError (naming
-  the folder) for a missing or unreadable checkpoint."""
-  from dassemble_jax import checkpointing
+  """`predict.load_model`: the best checkpoint (or the latest when there is no best one);
+  checkpoint='latest' keeps the latest. Raises predict.ModelDirError naming the folder."""
   from dassemble_jax import predict as predict_cli
-  loaded = predict_cli.load_model(workdir)
-  if checkpoint == "latest":
-    return loaded
-  if checkpoint != "best":
-    raise ValueError(f"checkpoint must be 'best' or 'latest', got {checkpoint!r}")
-  from dassemble_jax import sharding
-  from dassemble_jax.segmentation import train as seg_train
-  table = np.asarray(jax.device_get(loaded.variables[2]))
-  comp = seg_train.compiled_for(loaded.config, table.shape[1])
-  rep = sharding.replicated(comp.mesh)
-  abstract = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=rep),
-                          jax.eval_shape(comp.init_state))
-  ckpts = checkpointing.Checkpoints(workdir)
-  try:
-    restored = ckpts.restore_best(abstract)
-  except Exception as e:  # noqa: BLE001 - a damaged checkpoint: say which folder
-    raise predict_cli.ModelDirError(
-        f"{workdir}/checkpoints/best: cannot restore the best checkpoint ({e})") from e
-  finally:
-    ckpts.close()
-  if restored is None:
-    return loaded
-  state, meta = restored
-  return dataclasses.replace(loaded, variables=host_variables(state, table),
-                             step=int(meta["step"]))
+  return predict_cli.load_model(workdir, checkpoint)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -267,12 +267,12 @@ def train(config, workdir: str, *, stop_at_step: int | None = None) -> dict:
   state = comp.init_state()
   iterator = make_iterator(config, shard_dirs, mesh)
   ckpts = checkpointing.Checkpoints(workdir)
-  meta = {"step": 0, "iterator": None, "sources": ct_pipeline.source_names(shard_dirs),
+  meta = {"step": 0, "iterators": None, "sources": ct_pipeline.source_names(shard_dirs),
           "best_score": None, "best_step": None}
   restored = ckpts.restore_latest(checkpointing.abstract_like(state))
   if restored is not None:
     state, meta = restored
-    iterator.set_state(meta["iterator"])
+    iterator.set_state(checkpointing.this_process(meta["iterators"]))
     print(f"Resumed {workdir} at step {meta['step']}", flush=True)
   validator = evaluate.Validator.for_config(config, comp, table, meta["sources"])
   best_score, best_step = meta.get("best_score"), meta.get("best_step")
@@ -311,7 +311,9 @@ def train(config, workdir: str, *, stop_at_step: int | None = None) -> dict:
     if scalars:
       writer.write(step, scalars)
     if improved or step % int(config.checkpoint_every) == 0 or step == end:
-      meta = {"step": step, "iterator": iterator.get_state(), "sources": meta["sources"],
+      # Every process's own Grain position: each reads its own shard of the data.
+      meta = {"step": step, "iterators": checkpointing.per_process(iterator.get_state()),
+              "sources": meta["sources"],
               "best_score": best_score, "best_step": best_step}
       ckpts.save(step, state, meta, is_best=improved)
   eval_state = state

@@ -98,8 +98,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.crop_size = 24
   # Global batch (must divide by the device count).
   c.batch_size = 2
-  # Steps per model: the assembly and every single-source model get the same budget.
+  # Steps of each single-source model.
   c.num_steps = 100
+  # Steps of the assembly model. 0: num_steps x the number of sources, i.e. the same total
+  # compute as the single-source models together (one model for every class at the cost of the
+  # specialists); set it to num_steps for an equal-steps-per-model comparison.
+  c.assembly_num_steps = 0
   # AdamW peak learning rate, linear warm-up over `warmup_steps`, cosine to 1% of the peak.
   c.learning_rate = 3e-3
   c.warmup_steps = 10

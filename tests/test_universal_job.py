@@ -107,11 +107,22 @@ def test_comparison_table_lists_each_model():
   nan = float("nan")
   summary = lambda d: {"eval": {"summary": {"all": {"dsc": d, "mean_dsc": nan}}}}
   blank = {c: None for c in job.evaluate.CLASS_NAMES}
-  results = {"assembly": summary(blank | {"liver": 0.9, "spleen": 0.8}),
-             "phantom_lits": summary(blank | {"liver": 0.7})}
+  results = {"assembly": summary(blank | {"liver": 0.9, "spleen": 0.8}) | {"step": 400},
+             "phantom_lits": summary(blank | {"liver": 0.7}) | {"step": 100}}
   text, table = job.comparison_table(results)
   assert table["classes"] == ["spleen", "liver"]
   assert "on phantom_lits's 1 classes: assembly 0.900 vs phantom_lits 0.700" in text
+  assert "(training steps)" in text and "400" in text
+
+
+def test_assembly_gets_the_single_models_steps_together_by_default():
+  c = universal.get_config("")
+  assert job.assembly_steps(c, 4) == 4 * c.num_steps
+  c.assembly_num_steps = 150
+  assert job.assembly_steps(c, 4) == 150
+  c.assembly_num_steps = -1
+  with pytest.raises(ValueError, match="assembly_num_steps"):
+    job.assembly_steps(c, 4)
 
 
 def _best_step(workdir) -> int:

@@ -9,8 +9,9 @@
    `test_dirs` / `val_dirs` are used as they are;
 2. the class-embedding table is computed once (DIR/class_embeddings.npy) and shared;
 3. one model on the assembly of all sources (DIR/runs/assembly) and, with
-   `train_single_sources`, one per single source (DIR/runs/<source>), all with the same number
-   of steps, batch and schedule; each resumes from its own checkpoints when rerun, and keeps
+   `train_single_sources`, one per single source (DIR/runs/<source>), with the same batch and
+   schedule; the assembly gets `assembly_steps(config, n)` steps (by default the single-source
+   models' steps together: the same total compute); each resumes from its own checkpoints when rerun, and keeps
    the state with the best validation mean DSC (on its own sources' validation cases) as its
    best checkpoint, which the evaluation and the predictions use;
 4. every model is evaluated on the same pooled held-out cases, each on the classes it was trained
@@ -116,6 +117,9 @@ def comparison_table(results: dict[str, dict]) -> tuple[str, dict]:
   lines = ["[held-out DSC per class: assembly vs single-source models]",
            f"{'class':<{width}}  " + " ".join(f"{n:>{w}}" for n, w in zip(names, cols))]
   cell = lambda v, w: f"{'-':>{w}}" if math.isnan(_f(v)) else f"{_f(v):>{w}.3f}"
+  if all("step" in results[n] for n in names):
+    lines.append(f"{'(training steps)':<{width}}  " + " ".join(
+        f"{results[n]['step']:>{w}d}" for n, w in zip(names, cols)))
   for c in classes:
     lines.append(f"{c:<{width}}  " + " ".join(cell(per_model[n][c], w)
                                               for n, w in zip(names, cols)))
@@ -136,6 +140,14 @@ def comparison_table(results: dict[str, dict]) -> tuple[str, dict]:
 
 def _f(v) -> float:
   return math.nan if v is None else float(v)
+
+
+def assembly_steps(config, num_sources: int) -> int:
+  """Steps of the assembly model: `assembly_num_steps`, or (0) num_steps x num_sources."""
+  n = int(config.get("assembly_num_steps", 0) or 0)
+  if n < 0:
+    raise ValueError(f"assembly_num_steps must be >= 0, got {n}")
+  return n or int(config.num_steps) * max(1, num_sources)
 
 
 def run(config, workdir: str) -> dict:
@@ -163,10 +175,10 @@ def run(config, workdir: str) -> dict:
     runs.update({name: [p] for name, p in train_dirs.items()})
   results, masks = {}, {}
   for name, dirs in runs.items():
-    print(f"\n=== model '{name}': {len(dirs)} source(s), {config.num_steps} steps ===",
-          flush=True)
+    steps = assembly_steps(config, len(dirs)) if name == "assembly" else int(config.num_steps)
+    print(f"\n=== model '{name}': {len(dirs)} source(s), {steps} steps ===", flush=True)
     # Every model gets all validation folders; train.py keeps the cases of its own sources.
-    cfg = _with(config, **{"data.shard_dirs": tuple(str(d) for d in dirs),
+    cfg = _with(config, **{"num_steps": steps, "data.shard_dirs": tuple(str(d) for d in dirs),
                            "data.test_dirs": tuple(str(d) for d in test_dirs),
                            "data.val_dirs": tuple(str(d) for d in val_dirs)})
     out = seg_train.train_and_evaluate(cfg, os.path.join(workdir, "runs", name))

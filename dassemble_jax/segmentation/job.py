@@ -11,9 +11,9 @@
 3. one model on the assembly of all sources (DIR/runs/assembly) and, with
    `train_single_sources`, one per single source (DIR/runs/<source>), with the same batch and
    schedule; the assembly gets `assembly_steps(config, n)` steps (by default the single-source
-   models' steps together: the same total compute); each resumes from its own checkpoints when rerun, and keeps
-   the state with the best validation mean DSC (on its own sources' validation cases) as its
-   best checkpoint, which the evaluation and the predictions use;
+   models' steps together: the same total compute); each resumes from its own checkpoints when
+   rerun, and keeps the state with the best validation mean DSC (on its own sources' validation
+   cases) as its best checkpoint, which the evaluation and the predictions use;
 4. every model is evaluated on the same pooled held-out cases, each on the classes it was trained
    on; the comparison table (per-class DSC, assembly vs each single source) is printed and saved
    (DIR/comparison.txt, DIR/comparison.json);

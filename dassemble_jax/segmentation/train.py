@@ -272,7 +272,9 @@ def train(config, workdir: str, *, stop_at_step: int | None = None) -> dict:
   restored = ckpts.restore_latest(checkpointing.abstract_like(state))
   if restored is not None:
     state, meta = restored
-    iterator.set_state(checkpointing.this_process(meta["iterators"]))
+    own = checkpointing.this_process(meta.get("iterators"))
+    if own is not None:
+      iterator.set_state(own)
     print(f"Resumed {workdir} at step {meta['step']}", flush=True)
   validator = evaluate.Validator.for_config(config, comp, table, meta["sources"])
   best_score, best_step = meta.get("best_score"), meta.get("best_step")

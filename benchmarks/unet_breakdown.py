@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from benchmarks.universal_step import _config, _host_batch
+from benchmarks.universal_step import _config, _host_batch, add_model_args
 from dassemble_jax import sharding
 from dassemble_jax.ct import augment as ct_augment
 from dassemble_jax.segmentation import losses as seg_losses
@@ -45,22 +45,16 @@ def _median_time(fn, *args, steps: int) -> float:
 
 def main():
   p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  p.add_argument("--backbone", choices=("unet", "swin"), default="unet")
-  p.add_argument("--crop", type=int, default=96)
-  p.add_argument("--batch", type=int, default=2)
-  p.add_argument("--base_channels", type=int, default=32)
-  p.add_argument("--feature_size", type=int, default=48)
-  p.add_argument("--embed_dim", type=int, default=384)
-  p.add_argument("--dtype", default="bfloat16", choices=("float32", "bfloat16"))
-  p.add_argument("--norm", default="")
+  add_model_args(p, dtype="bfloat16")
   p.add_argument("--steps", type=int, default=5)
   a = p.parse_args()
   c = _config(a)
   dtype = jnp.dtype(a.dtype)
   rng = np.random.default_rng(0)
   b, n = a.batch, a.crop
-  table = jnp.asarray(rng.normal(size=(32, a.embed_dim)).astype(np.float32))
-  model = seg_train.build_model(c, a.embed_dim, rngs=nnx.Rngs(0))
+  embed = max(a.embed_dim, 1)  # 0: one-hot codes (the table is then ignored)
+  table = jnp.asarray(rng.normal(size=(32, embed)).astype(np.float32))
+  model = seg_train.build_model(c, embed, rngs=nnx.Rngs(0))
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
   x = jnp.asarray(rng.random((b, n, n, n, 1), np.float32)).astype(dtype)
   # (B, X, Y, Z, 32) float32 {0, 1}, as ct_augment.augment_batch gives the step.
@@ -85,7 +79,7 @@ def main():
     g = jax.jit(jax.value_and_grad(f))
     out[f"{name}_ms"] = _median_time(g, params, rest, x, steps=a.steps) * 1e3
     print(f"{name}: {out[f'{name}_ms']:.1f} ms", file=sys.stderr, flush=True)
-  comp = seg_train.compiled_for(c, a.embed_dim)
+  comp = seg_train.compiled_for(c, embed)
   state = comp.init_state()
   mesh = comp.mesh
   batch = sharding.put_batch(_host_batch(c, rng), mesh, b)

@@ -228,17 +228,22 @@ def run(a) -> dict:
   return out
 
 
-def main():
-  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def add_model_args(p: argparse.ArgumentParser, dtype: str = "float32") -> None:
+  """The model-size flags `_config` reads (shared with unet_breakdown.py)."""
   p.add_argument("--backbone", choices=("unet", "swin"), default="unet")
   p.add_argument("--crop", type=int, default=96)
   p.add_argument("--batch", type=int, default=2)
   p.add_argument("--base_channels", type=int, default=32)
   p.add_argument("--feature_size", type=int, default=48)
   p.add_argument("--embed_dim", type=int, default=384, help="0: one-hot codes")
-  p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+  p.add_argument("--dtype", default=dtype, choices=("float32", "bfloat16"))
   p.add_argument("--norm", default="", choices=("", "batch", "group"),
                  help="U-Net normalisation ('' = the config's: batch)")
+
+
+def main():
+  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  add_model_args(p)
   p.add_argument("--steps", type=int, default=3, help="0: no train step (prediction only)")
   p.add_argument("--analyse_only", action="store_true")
   p.add_argument("--volume", default="", help="X,Y,Z for a whole-volume prediction timing")

@@ -52,6 +52,8 @@ for group in "$@"; do
       ;;
     breakdown)  # backbone vs heads + loss vs augmentation + optimiser
       bench unet_breakdown 200 benchmarks/unet_breakdown.py --backbone=unet --dtype=bfloat16
+      bench unet_breakdown_blockdiag 200 benchmarks/unet_breakdown.py --backbone=unet \
+        --dtype=bfloat16 --head_impl=blockdiag
       ;;
     synth)
       bench synth 200 benchmarks/synth_benchmark.py --kind=mix --batch=16 --reps=5 --np-reps=1

@@ -52,6 +52,7 @@ def _config(a):
   c.compute_dtype = a.dtype
   if a.norm:
     c.model.norm = a.norm
+  c.model.head_impl = a.head_impl
   c.data.jitter = 2
   return c
 
@@ -239,6 +240,8 @@ def add_model_args(p: argparse.ArgumentParser, dtype: str = "float32") -> None:
   p.add_argument("--dtype", default=dtype, choices=("float32", "bfloat16"))
   p.add_argument("--norm", default="", choices=("", "batch", "group"),
                  help="U-Net normalisation ('' = the config's: batch)")
+  p.add_argument("--head_impl", default="einsum", choices=("einsum", "blockdiag"),
+                 help="dynamic heads (models/universal_head.py: HEAD_IMPLS)")
 
 
 def main():

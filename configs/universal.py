@@ -87,6 +87,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model.feature_size = 12
   # Class codes: 'text' (embedding table, the paper), 'onehot' or 'learned' (ablations).
   c.model.class_code = "text"
+  # Dynamic heads: 'einsum' (per-class einsums) or 'blockdiag' (the same numbers as three dense
+  # matmuls with block-diagonal weights; a candidate for speed on GPUs, not yet measured there).
+  c.model.head_impl = "einsum"
   # Text table: '' computes MiniLM embeddings of the class prompts (cached in the workdir);
   # a path loads a user's (32, D) .npy table (e.g. CLIP's 512-d).
   c.model.embedding_table = ""

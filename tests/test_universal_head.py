@@ -101,11 +101,12 @@ def test_head_equals_per_sample_per_class_loop(class_code):
   assert head.controller.kernel.shape == (expected_in, 153)
 
 
-def test_dynamic_heads_einsum_equals_grouped_loop():
+@pytest.mark.parametrize("impl", sorted(uh.HEAD_IMPLS))
+def test_dynamic_heads_equal_grouped_loop(impl):
   rng = np.random.default_rng(2)
   feats = rng.normal(size=(3, 2, 3, 4, 8)).astype(np.float32)
   theta = rng.normal(size=(3, 4, 153)).astype(np.float32)
-  out = np.asarray(jax.jit(uh.dynamic_heads)(feats, theta))
+  out = np.asarray(jax.jit(uh.HEAD_IMPLS[impl])(feats, theta))
   for b in range(3):
     for k in range(4):
       t = _np(theta[b, k])
@@ -217,3 +218,17 @@ def test_gradients_reach_backbone_and_head():
     assert np.isfinite(g).all() and np.abs(g).max() > 0
   # Training-mode BatchNorm moved its running mean away from the initial zeros.
   assert np.abs(np.asarray(stats["backbone"]["down0"]["conv1"]["norm"]["mean"][...])).max() > 0
+
+
+def test_blockdiag_heads_match_einsum_heads_in_value_and_gradient():
+  rng = np.random.default_rng(3)
+  feats = jnp.asarray(rng.normal(size=(2, 3, 2, 4, 8)).astype(np.float32))
+  theta = jnp.asarray(rng.normal(size=(2, 5, 153)).astype(np.float32))
+  loss = lambda fn: lambda f, t: (jnp.sin(fn(f, t)) ** 2).sum()
+  a, ga = jax.value_and_grad(loss(uh.dynamic_heads), argnums=(0, 1))(feats, theta)
+  b, gb = jax.value_and_grad(loss(uh.dynamic_heads_blockdiag), argnums=(0, 1))(feats, theta)
+  np.testing.assert_allclose(a, b, rtol=1e-5)
+  for x, y in zip(ga, gb):
+    np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-5)
+  with pytest.raises(ValueError, match="head_impl"):
+    uh.UniversalHead(16, 16, 4, 8, head_impl="loop", rngs=nnx.Rngs(0))

@@ -69,12 +69,42 @@ def dynamic_heads(features: jax.Array, theta: jax.Array) -> jax.Array:
   return jnp.einsum("bdhwki,bki->bdhwk", h, w3[:, :, 0]) + b3[:, None, None, None, :, 0]
 
 
+def dynamic_heads_blockdiag(features: jax.Array, theta: jax.Array) -> jax.Array:
+  """`dynamic_heads` as three dense matmuls over a (B, voxels, K x 8) layout.
+
+  Layer 1 multiplies by all classes' first layers side by side, (8, K*8); layers 2 and 3 by
+  block-diagonal (K*8, K*8) and (K*8, K) matrices. That is K times the heads' FLOPs (still tiny
+  next to the backbone) but every product is a plain batched matmul on one layout, so XLA needs
+  no per-(sample, class) transposes of the (B, voxels, K, 8) activations. Equal to
+  `dynamic_heads` (test); which is faster is a device question (benchmarks/universal_step.md).
+  features (B, D, H, W, 8), theta (B, K, 153) -> logits (B, D, H, W, K).
+  """
+  w1, w2, w3, b1, b2, b3 = split_head_params(theta.astype(features.dtype))
+  b, k = theta.shape[:2]
+  c = HEAD_CHANNELS
+  eye = jnp.eye(k, dtype=features.dtype)
+  f = features.reshape(b, -1, c)                                              # (B, S, 8)
+  w1_all = jnp.transpose(w1, (0, 3, 1, 2)).reshape(b, c, k * c)              # [b, i, (k, o)]
+  w2_blocks = jnp.einsum("kl,bkoi->bkilo", eye, w2).reshape(b, k * c, k * c)  # [b, (k, i), (l, o)]
+  w3_blocks = jnp.einsum("kl,bki->bkil", eye, w3[:, :, 0]).reshape(b, k * c, k)
+  h = jax.nn.relu(jnp.einsum("bsi,bio->bso", f, w1_all) + b1.reshape(b, 1, k * c))
+  h = jax.nn.relu(jnp.einsum("bsi,bio->bso", h, w2_blocks) + b2.reshape(b, 1, k * c))
+  out = jnp.einsum("bsi,bio->bso", h, w3_blocks) + b3.reshape(b, 1, k)
+  return out.reshape(*features.shape[:-1], k)
+
+
+HEAD_IMPLS = {"einsum": dynamic_heads, "blockdiag": dynamic_heads_blockdiag}
+
+
 class UniversalHead(nnx.Module):
   """Maps (deepest feature, decoder feature, class table) to per-class logits (NDHWK)."""
 
   def __init__(self, deep_channels: int, decoder_channels: int, num_classes: int,
                embed_dim: int | None = None, *, class_code: str = "text",
-               num_groups: int = 16, dtype=None, rngs: nnx.Rngs):
+               num_groups: int = 16, head_impl: str = "einsum", dtype=None, rngs: nnx.Rngs):
+    if head_impl not in HEAD_IMPLS:
+      raise ValueError(f"head_impl must be one of {tuple(HEAD_IMPLS)}, got {head_impl!r}")
+    self.head_impl = head_impl
     if class_code not in CLASS_CODES:
       raise ValueError(f"class_code must be one of {CLASS_CODES}, got {class_code!r}")
     if class_code == "text" and not embed_dim:
@@ -133,7 +163,7 @@ class UniversalHead(nnx.Module):
     """deep (B, d, h, w, Cd), decoder (B, D, H, W, Cf) -> logits (B, D, H, W, K)."""
     theta = self.controller_params(deep, class_embeddings)
     f = self.precls_conv(jax.nn.relu(self.precls_norm(decoder)))  # (B, D, H, W, 8)
-    return dynamic_heads(f, theta)
+    return HEAD_IMPLS[self.head_impl](f, theta)
 
 
 class UniversalModel(nnx.Module):
@@ -150,7 +180,8 @@ class UniversalModel(nnx.Module):
 
   def __init__(self, backbone: str = "unet", num_classes: int = 32,
                embed_dim: int | None = 384, *, class_code: str = "text", in_channels: int = 1,
-               dtype=None, backbone_kwargs: dict | None = None, rngs: nnx.Rngs):
+               head_impl: str = "einsum", dtype=None, backbone_kwargs: dict | None = None,
+               rngs: nnx.Rngs):
     backbone_kwargs = dict(backbone_kwargs or {})
     if backbone == "unet":
       from dassemble_jax.models.unet3d import UNet3D
@@ -161,8 +192,8 @@ class UniversalModel(nnx.Module):
     else:
       raise ValueError(f"backbone must be 'unet' or 'swin', got {backbone!r}")
     self.head = UniversalHead(self.backbone.deep_channels, self.backbone.out_channels,
-                              num_classes, embed_dim, class_code=class_code, dtype=dtype,
-                              rngs=rngs)
+                              num_classes, embed_dim, class_code=class_code,
+                              head_impl=head_impl, dtype=dtype, rngs=rngs)
 
   def __call__(self, x: jax.Array, class_embeddings: jax.Array | None = None) -> jax.Array:
     deep, dec = self.backbone(x)

@@ -88,8 +88,8 @@ def build_model(config, embed_dim: int, *, rngs: nnx.Rngs) -> UniversalModel:
     kwargs = {"feature_size": int(m.feature_size)}
   return UniversalModel(m.backbone, NUM_CLASSES,
                         embed_dim if m.class_code == "text" else None,
-                        class_code=m.class_code, dtype=_DTYPES[config.compute_dtype],
-                        backbone_kwargs=kwargs, rngs=rngs)
+                        class_code=m.class_code, head_impl=m.get("head_impl", "einsum"),
+                        dtype=_DTYPES[config.compute_dtype], backbone_kwargs=kwargs, rngs=rngs)
 
 
 def build_optimizer(config) -> optax.GradientTransformation:

@@ -72,15 +72,12 @@ def read_index(set_dir: str | os.PathLike) -> dict:
 
 
 def parse_values(prop: str, text: str | None) -> list:
-  """'3,5,8' -> [3.0, 5.0, 8.0] (names for 'location'); None -> the sweep's preset."""
+  """`sweep.parse_values`, with a bad value reported as a RobustnessError."""
   from dassemble_jax.synth import sweep
-  if not text:
-    return list(sweep.DEFAULT_VALUES[prop])
-  items = [t.strip() for t in text.split(",") if t.strip()]
   try:
-    return items if prop == "location" else [float(t) for t in items]
+    return sweep.parse_values(prop, text)
   except ValueError as e:
-    raise RobustnessError(f"--values {text!r}: {e}") from e
+    raise RobustnessError(str(e)) from e
 
 
 def generate_set(out: pathlib.Path, prop: str, values, cases: int, seed: int, vol) -> dict:

@@ -124,11 +124,15 @@ def run(out: pathlib.Path, prop: str, values, cases: int, seed: int, vol) -> dic
   return index
 
 
-def _parse_values(prop, text):
+def parse_values(prop: str, text: str | None) -> list:
+  """'3,5,8' -> [3.0, 5.0, 8.0] (names for 'location'); empty -> the property's preset."""
   if not text:
-    return DEFAULT_VALUES[prop]
+    return list(DEFAULT_VALUES[prop])
   items = [t.strip() for t in text.split(',') if t.strip()]
-  return items if prop == 'location' else [float(t) for t in items]
+  try:
+    return items if prop == 'location' else [float(t) for t in items]
+  except ValueError as e:
+    raise ValueError(f'--values {text!r}: {e}') from e
 
 
 def main(argv=None) -> int:
@@ -146,7 +150,7 @@ def main(argv=None) -> int:
   if (args.ct is None) != (args.seg is None):
     p.error('give both --ct and --seg, or neither')
   try:
-    values = _parse_values(args.property, args.values)
+    values = parse_values(args.property, args.values)
     vol = (realct.load_files(args.ct, args.seg, args.liver_label) if args.ct
            else realct.load_totalseg_example())
     index = run(args.out, args.property, values, args.cases, args.seed, vol)

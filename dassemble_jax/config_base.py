@@ -32,7 +32,8 @@ def classification_config() -> ml_collections.ConfigDict:
   c.augment = "translate"         # on-device: 'none' | 'translate' | 'flip_translate'
   # --- model ---
   c.model = ml_collections.ConfigDict()
-  c.model.widths = (8, 16, 32)    # channels of the ResNet stages (small subsets need no more)
+  c.model.arch = "resnet"         # 'resnet' | 'airbench' (airbench94's net; 32x32x3 only)
+  c.model.widths = (8, 16, 32)    # ResNet stages / airbench conv groups (small subsets: narrow)
   c.model.blocks_per_stage = 1
   c.model.norm = "batch"          # 'batch' | 'group' (stateless; used by the tiny variants)
   c.compute_dtype = "float32"     # 'bfloat16' on accelerators

@@ -9,6 +9,7 @@ report per-class ROC AUC on the test split. Checkpoints after every epoch; a rer
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 from typing import Any
@@ -27,10 +28,12 @@ from dassemble_jax import metrics
 from dassemble_jax import sharding
 from dassemble_jax.data import arrayrecord_io
 from dassemble_jax.data import prepare
+from dassemble_jax.models import airbench
 from dassemble_jax.models import classifier
 
 State = dict[str, Any]  # {'step', 'params', 'batch_stats', 'opt_state'}
 _TRAIN_FIELDS = ("image", "targets", "known")
+WHITEN_IMAGES = 5000  # training images whose patches set airbench's whitening (as airbench)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -39,6 +42,14 @@ _TRAIN_FIELDS = ("image", "targets", "known")
 def build_model(config, num_classes: int, in_channels: int, *, rngs: nnx.Rngs):
   m = config.model
   dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[config.compute_dtype]
+  arch = m.get("arch", "resnet")
+  if arch == "airbench":
+    if m.norm != "batch":
+      raise ValueError(f"model.arch='airbench' uses its own BatchNorm; got model.norm={m.norm!r}")
+    return airbench.AirbenchClassifier(num_classes, in_channels=in_channels,
+                                       widths=tuple(m.widths), dtype=dtype, rngs=rngs)
+  if arch != "resnet":
+    raise ValueError(f"unknown model.arch {arch!r}; expected 'resnet' or 'airbench'")
   return classifier.ResNetClassifier(num_classes, in_channels=in_channels, widths=tuple(m.widths),
                                      blocks_per_stage=m.blocks_per_stage, norm=m.norm, dtype=dtype,
                                      rngs=rngs)
@@ -70,6 +81,15 @@ def init_state(config, num_classes, in_channels, tx, mesh):
   abstract.eval()  # BatchNorm uses its running averages from here on
   eval_def = nnx.graphdef(abstract)
   return state, train_def, eval_def
+
+
+def init_from_data(config, state: State, train_images) -> State:
+  """Data-dependent initialisation after `init_state`: airbench's whitening filters from the
+  first 5,000 training images (uint8 (N, 32, 32, 3)); the ResNet needs none (state unchanged)."""
+  if config.model.get("arch", "resnet") != "airbench":
+    return state
+  kernel = airbench.whitening_kernel(np.asarray(train_images[:WHITEN_IMAGES]))
+  return dict(state, batch_stats=airbench.set_whitening(state["batch_stats"], kernel))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -201,6 +221,10 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
   tx = build_optimizer(config, total_steps)
   state, train_def, eval_def = init_state(config, num_classes, in_channels, tx, mesh)
+  if config.model.get("arch", "resnet") == "airbench":
+    first = itertools.islice(arrayrecord_io.read_records(data_dir, "train", verify=False),
+                             WHITEN_IMAGES)
+    state = init_from_data(config, state, np.stack([r["image"] for r in first]))
   train_step = make_train_step(config, train_def, tx, mesh)
   predict_fn = jax.jit(make_predict_fn(eval_def))
   val = arrayrecord_io.load_split_arrays(data_dir, "validation", verify=False)

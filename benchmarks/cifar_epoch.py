@@ -1,6 +1,6 @@
 """Seconds per CIFAR-10 epoch of the fast fully labelled recipe (configs/cifar_assemble.py:full).
 
-  python benchmarks/cifar_epoch.py [--num_train=50000] [--epochs=3] [--batch=512] [--arch=airbench]
+  python benchmarks/cifar_epoch.py [--num_train=50000] [--epochs=3] [--batch=0 (the config's, 1024)] [--arch=airbench]
 
 CIFAR-10 cannot be fetched on the development machines, so the data are random uint8 images of
 the real shape (32 x 32 x 3, 10 classes, every label known): the arithmetic, memory traffic and
@@ -46,7 +46,7 @@ def main():
   p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   p.add_argument("--num_train", type=int, default=50000)
   p.add_argument("--epochs", type=int, default=3)
-  p.add_argument("--batch", type=int, default=512)
+  p.add_argument("--batch", type=int, default=0, help="0: the config's batch size")
   p.add_argument("--dtype", default="bfloat16")
   p.add_argument("--arch", default="", help="'airbench' or 'resnet' (default: the config's)")
   p.add_argument("--widths", default="",
@@ -55,6 +55,7 @@ def main():
   a = p.parse_args()
 
   c = cifar_assemble.get_config("full")
+  a.batch = a.batch or int(c.batch_size)
   c.batch_size, c.compute_dtype = a.batch, a.dtype
   if a.arch and a.arch != c.model.arch:
     c.model.arch = a.arch

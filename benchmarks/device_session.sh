@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Runs the benchmarks that need an accelerator, in one call on the lent GPU machine.
 #
-#   bash benchmarks/device_session.sh GROUP [GROUP...]     (groups: model, unet_bf16, synth, synth_b2, classify, variants, conv, breakdown, data)
+#   bash benchmarks/device_session.sh GROUP [GROUP...]
+#
+# Groups: model, unet_bf16, unet_fused, heads, heads_tune, breakdown, cifar_arch, synth, synth_b2, classify, variants,
+# conv, data.
 #
 # Each benchmark's stdout (JSON lines or a table) is appended to $OUT/stdout.txt under its name,
 # its stderr to $OUT/log.txt; a benchmark that fails or runs out of its time is reported and the
@@ -50,10 +53,31 @@ for group in "$@"; do
       bench unet_bf16 330 benchmarks/universal_step.py --backbone=unet --dtype=bfloat16 --steps=10 \
         --flops_G=9617 --volume=512,512,300 --sw_batch=8 --file_spacing=0.78,0.78,1.0
       ;;
+    heads)  # the dynamic heads + loss alone: einsum, block-diagonal, the fused Pallas kernel
+      bench heads_loss 300 benchmarks/heads_loss.py \
+        --kernels=128x8x4,64x16x4,128x8x8,256x4x8,128x32x4
+      ;;
     breakdown)  # backbone vs heads + loss vs augmentation + optimiser
-      bench unet_breakdown 200 benchmarks/unet_breakdown.py --backbone=unet --dtype=bfloat16
-      bench unet_breakdown_blockdiag 200 benchmarks/unet_breakdown.py --backbone=unet \
-        --dtype=bfloat16 --head_impl=blockdiag
+      for impl in einsum blockdiag fused; do
+        bench unet_breakdown_$impl 200 benchmarks/unet_breakdown.py --backbone=unet \
+          --dtype=bfloat16 --head_impl=$impl
+      done
+      ;;
+    heads_tune)  # more launch shapes of the fused kernel, beside the block-diagonal XLA form
+      bench heads_tune 200 benchmarks/heads_loss.py --impls=blockdiag,fused \
+        --kernels=128x8x16,64x8x8,64x16x4,128x4x8,128x16x8
+      ;;
+    cifar_arch)  # the fast CIFAR config's network (airbench) against the project's ResNet
+      bench cifar_epoch_airbench_b512 100 benchmarks/cifar_epoch.py --num_train=50000 --epochs=3 \
+        --modes=scan --batch=512
+      bench cifar_epoch_airbench_b1024 100 benchmarks/cifar_epoch.py --num_train=50000 \
+        --epochs=3 --modes=scan --batch=1024
+      bench cifar_epoch_resnet_b512 100 benchmarks/cifar_epoch.py --num_train=50000 --epochs=3 \
+        --modes=scan --arch=resnet --batch=512
+      ;;
+    unet_fused)
+      bench unet_bf16_fused 200 benchmarks/universal_step.py --backbone=unet --dtype=bfloat16 \
+        --steps=10 --flops_G=9617 --head_impl=fused
       ;;
     synth)
       bench synth 200 benchmarks/synth_benchmark.py --kind=mix --batch=16 --reps=5 --np-reps=1

@@ -29,6 +29,7 @@ from flax import nnx
 from benchmarks.universal_step import _config, _host_batch, add_model_args
 from dassemble_jax import sharding
 from dassemble_jax.ct import augment as ct_augment
+from dassemble_jax.segmentation import fused_heads
 from dassemble_jax.segmentation import losses as seg_losses
 from dassemble_jax.segmentation import train as seg_train
 
@@ -57,9 +58,8 @@ def main():
   model = seg_train.build_model(c, embed, rngs=nnx.Rngs(0))
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
   x = jnp.asarray(rng.random((b, n, n, n, 1), np.float32)).astype(dtype)
-  # (B, X, Y, Z, 32) float32 {0, 1}, as ct_augment.augment_batch gives the step.
-  labels = ct_augment.unpack_bits(jnp.asarray(rng.integers(0, 2**20, (b, n, n, n),
-                                                           dtype=np.uint32)))
+  raw_bits = jnp.asarray(rng.integers(0, 2**20, (b, n, n, n), dtype=np.uint32))
+  labels = ct_augment.unpack_bits(raw_bits)  # (B, X, Y, Z, 32) float32, as the step gets them
   annotated = jnp.ones((b, 32), jnp.uint8)
 
   def backbone_loss(params, rest, x):
@@ -70,10 +70,13 @@ def main():
 
   def model_loss(params, rest, x):
     m = nnx.merge(graphdef, params, jax.tree.map(lambda v: v, rest))
+    if a.head_impl == "fused":
+      f, theta = m.head_inputs(x, table)
+      return fused_heads.partial_label_loss_from_heads(f, theta, raw_bits, annotated).total
     logits = m(x, table)
     return seg_losses.partial_label_loss(logits, labels, annotated).total
 
-  out = {"backbone": a.backbone, "norm": c.model.norm, "dtype": a.dtype, "batch": b, "crop": n,
+  out = {"backbone": a.backbone, "head_impl": a.head_impl, "norm": c.model.norm, "dtype": a.dtype, "batch": b, "crop": n,
          "device": jax.devices()[0].device_kind}
   for name, f in (("backbone", backbone_loss), ("model_loss", model_loss)):
     g = jax.jit(jax.value_and_grad(f))

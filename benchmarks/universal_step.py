@@ -240,8 +240,9 @@ def add_model_args(p: argparse.ArgumentParser, dtype: str = "float32") -> None:
   p.add_argument("--dtype", default=dtype, choices=("float32", "bfloat16"))
   p.add_argument("--norm", default="", choices=("", "batch", "group"),
                  help="U-Net normalisation ('' = the config's: batch)")
-  p.add_argument("--head_impl", default="einsum", choices=("einsum", "blockdiag"),
-                 help="dynamic heads (models/universal_head.py: HEAD_IMPLS)")
+  p.add_argument("--head_impl", default="blockdiag", choices=("einsum", "blockdiag", "fused"),
+                 help="dynamic heads (models/universal_head.py: HEAD_IMPLS; the config's "
+                      "default: blockdiag)")
 
 
 def main():

@@ -125,6 +125,9 @@ def augment_batch(rng: jax.Array, batch: dict, cfg: AugmentConfig = AugmentConfi
   return {
       "image": image[..., None],
       "label": unpack_bits(label, label_dtype),
+      # The packed form too: the fused heads + loss read one uint32 per voxel (XLA drops
+      # whichever of the two the step does not use).
+      "label_bits": label,
       "annotated": jnp.asarray(batch["annotated"]).astype(label_dtype),
       "source": jnp.asarray(batch["source"]).astype(jnp.int32),
   }

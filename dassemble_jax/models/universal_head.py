@@ -93,7 +93,11 @@ def dynamic_heads_blockdiag(features: jax.Array, theta: jax.Array) -> jax.Array:
   return out.reshape(*features.shape[:-1], k)
 
 
-HEAD_IMPLS = {"einsum": dynamic_heads, "blockdiag": dynamic_heads_blockdiag}
+# How the logits are computed. 'fused' trains through `segmentation.fused_heads` (the heads and
+# the loss's sums in one GPU kernel, no logits in memory); where logits are needed (evaluation,
+# prediction) it computes them as 'einsum'.
+HEAD_IMPLS = {"einsum": dynamic_heads, "blockdiag": dynamic_heads_blockdiag,
+              "fused": dynamic_heads}
 
 
 class UniversalHead(nnx.Module):
@@ -158,12 +162,17 @@ class UniversalHead(nnx.Module):
                             jnp.broadcast_to(t[None], (b, k, t.shape[-1]))], axis=-1)
     return self.controller(cond)
 
+  def head_inputs(self, deep: jax.Array, decoder: jax.Array,
+                  class_embeddings: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+    """-> (head input f (B, D, H, W, 8), generated head parameters theta (B, K, 153))."""
+    theta = self.controller_params(deep, class_embeddings)
+    f = self.precls_conv(jax.nn.relu(self.precls_norm(decoder)))
+    return f, theta
+
   def __call__(self, deep: jax.Array, decoder: jax.Array,
                class_embeddings: jax.Array | None = None) -> jax.Array:
     """deep (B, d, h, w, Cd), decoder (B, D, H, W, Cf) -> logits (B, D, H, W, K)."""
-    theta = self.controller_params(deep, class_embeddings)
-    f = self.precls_conv(jax.nn.relu(self.precls_norm(decoder)))  # (B, D, H, W, 8)
-    return HEAD_IMPLS[self.head_impl](f, theta)
+    return HEAD_IMPLS[self.head_impl](*self.head_inputs(deep, decoder, class_embeddings))
 
 
 class UniversalModel(nnx.Module):
@@ -198,3 +207,8 @@ class UniversalModel(nnx.Module):
   def __call__(self, x: jax.Array, class_embeddings: jax.Array | None = None) -> jax.Array:
     deep, dec = self.backbone(x)
     return self.head(deep, dec, class_embeddings)
+
+  def head_inputs(self, x: jax.Array, class_embeddings: jax.Array | None = None):
+    """x -> (f (B, D, H, W, 8), theta (B, K, 153)): everything but the dynamic heads."""
+    deep, dec = self.backbone(x)
+    return self.head.head_inputs(deep, dec, class_embeddings)

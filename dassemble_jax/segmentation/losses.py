@@ -27,7 +27,7 @@ class SegLoss(NamedTuple):
   num_pairs: jax.Array  # number of annotated (sample, class) pairs in the batch
 
 
-def _masked_mean(per_pair: jax.Array, mask: jax.Array) -> jax.Array:
+def masked_mean(per_pair: jax.Array, mask: jax.Array) -> jax.Array:
   """Mean of (B, C) values over mask; 0 (with zero gradient) when nothing is annotated."""
   # max(count, 1) keeps the all-unannotated batch finite: the numerator is then exactly 0 and
   # every gradient path is multiplied by mask == 0.
@@ -76,7 +76,7 @@ def partial_label_loss(logits: jax.Array, targets: jax.Array, annotated: jax.Arr
   if annotated.shape != (b, c):
     raise ValueError(f"annotated must be (B, C) = {(b, c)}, got {annotated.shape}")
   mask = annotated.astype(jnp.float32)
-  bce = _masked_mean(bce_per_pair(logits, targets), mask)
-  dice = _masked_mean(dice_per_pair(logits, targets, smooth), mask)
+  bce = masked_mean(bce_per_pair(logits, targets), mask)
+  dice = masked_mean(dice_per_pair(logits, targets, smooth), mask)
   return SegLoss(total=bce_weight * bce + dice_weight * dice, bce=bce, dice=dice,
                  num_pairs=jnp.sum(mask))

@@ -41,6 +41,7 @@ from dassemble_jax.ct import pipeline as ct_pipeline
 from dassemble_jax.ct import taxonomy
 from dassemble_jax.models import text_encoder
 from dassemble_jax.models.universal_head import UniversalModel
+from dassemble_jax.segmentation import fused_heads
 from dassemble_jax.segmentation import losses as seg_losses
 from dassemble_jax.synth import training as synth_training
 
@@ -180,13 +181,20 @@ def make_train_step(config, train_def, tx, mesh):
   dtype = _DTYPES[config.compute_dtype]
   synth_cfg = synth_training.synth_config(config) if synth_training.enabled(config) else None
   spacing = synth_training.spacing_of(config)
+  fused = config.model.get("head_impl", "einsum") == "fused"
 
   def loss_fn(params, batch_stats, data, table):
     # Fresh Variables at this trace level: BatchNorm mutates its statistics inside the grad trace.
     batch_stats = jax.tree.map(lambda x: x, batch_stats)
     model = nnx.merge(train_def, params, batch_stats)
-    logits = model(data["image"].astype(dtype), table)       # (B, X, Y, Z, 32)
-    loss = seg_losses.partial_label_loss(logits, data["label"], data["annotated"])
+    if fused:
+      # Heads + loss sums in one kernel: the (B, X, Y, Z, 32) logits never exist.
+      f, theta = model.head_inputs(data["image"].astype(dtype), table)
+      loss = fused_heads.partial_label_loss_from_heads(f, theta, data["label_bits"],
+                                                       data["annotated"], mesh=mesh)
+    else:
+      logits = model(data["image"].astype(dtype), table)     # (B, X, Y, Z, 32)
+      loss = seg_losses.partial_label_loss(logits, data["label"], data["annotated"])
     return loss.total, (loss, nnx.state(model, nnx.BatchStat))
 
   def train_step(state: State, batch, table) -> tuple[State, dict]:

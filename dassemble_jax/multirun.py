@@ -126,6 +126,11 @@ class Program:
   """Compiled init / epoch / select / predict functions for one recipe and shape."""
 
   def __init__(self, config, num_classes: int, in_channels: int, num_train: int):
+    if config.model.get("arch", "resnet") != "resnet":
+      # airbench's whitening filters come from each run's training images (train.init_from_data),
+      # which the vmapped init here does not see: refuse rather than train with the identity.
+      raise ValueError(f"multi-run tables support model.arch='resnet' only, got "
+                       f"{config.model.arch!r}; train other networks with dassemble_jax.main")
     self.config = config
     self.steps_per_epoch = num_train // config.batch_size
     if self.steps_per_epoch == 0:

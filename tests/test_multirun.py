@@ -90,3 +90,11 @@ def test_vmap_policy_follows_backend_and_width(monkeypatch):
   assert multirun.vmap_runs_default(narrow)
   assert not multirun.vmap_runs_default(wide)
   assert multirun.vmap_runs_default(None)
+
+
+def test_multirun_refuses_networks_it_cannot_initialise(idx_dir):
+  """airbench needs its whitening filters from each run's data: an error, not a silent identity."""
+  c = tiny(idx_dir)
+  c.model.arch = "airbench"
+  with pytest.raises(ValueError, match="arch='resnet' only"):
+    multirun.Program(c, num_classes=10, in_channels=1, num_train=64)

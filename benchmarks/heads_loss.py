@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
 import time
 
@@ -30,20 +29,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from benchmarks.unet_breakdown import _median_time
 from dassemble_jax.ct import augment as ct_augment
 from dassemble_jax.models import universal_head as uh
 from dassemble_jax.segmentation import fused_heads
 from dassemble_jax.segmentation import losses
-
-
-def _median_ms(fn, *args, steps: int) -> float:
-  jax.block_until_ready(fn(*args))
-  times = []
-  for _ in range(steps):
-    t0 = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    times.append(time.perf_counter() - t0)
-  return statistics.median(times) * 1e3
 
 
 def make_loss(impl: str, bits, annotated, kernel=None):
@@ -54,7 +44,8 @@ def make_loss(impl: str, bits, annotated, kernel=None):
 
   def loss(f, theta):
     logits = uh.HEAD_IMPLS[impl](f, theta)
-    return losses.partial_label_loss(logits, ct_augment.unpack_bits(bits), annotated).total
+    targets = ct_augment.unpack_bits(bits)[..., : theta.shape[1]]  # (B, D, H, W, K)
+    return losses.partial_label_loss(logits, targets, annotated).total
   return loss
 
 
@@ -95,7 +86,7 @@ def main():
       t0 = time.perf_counter()
       compiled = step.lower(f, theta).compile()
       out["compile_s"] = round(time.perf_counter() - t0, 2)
-      out["fwd_bwd_ms"] = _median_ms(compiled, f, theta, steps=a.steps)
+      out["fwd_bwd_ms"] = _median_time(compiled, f, theta, steps=a.steps) * 1e3
       mem = compiled.memory_analysis()
       if mem is not None:
         out["temp_GB"] = round(mem.temp_size_in_bytes / 1e9, 3)

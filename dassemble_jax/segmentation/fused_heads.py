@@ -134,6 +134,14 @@ def _forward_tile(f, w1, w2, w3, b1, b2, b3, dtype):
   return a1, h1, a2, h2, z
 
 
+def _load_tile(f_ref, bits_ref, program, start, tile: int, tiles: int, num_voxels: int):
+  """Tile `start` of this program: features (T, 16), label bits (T,), in-volume mask (T, 1)."""
+  f = f_ref[pl.ds(start, tile), :]
+  bits = bits_ref[pl.ds(start, tile)]
+  voxel = program * tile * tiles + start + jnp.arange(tile, dtype=jnp.int32)
+  return f, bits, (voxel < num_voxels)[:, None]
+
+
 def _stats_kernel(f_ref, bits_ref, w1_ref, w2_ref, w3_ref, b1_ref, b2_ref, b3_ref, out_ref, *,
                   tile, tiles, groups, num_voxels, num_classes, dtype):
   p = pl.program_id(1)
@@ -141,10 +149,7 @@ def _stats_kernel(f_ref, bits_ref, w1_ref, w2_ref, w3_ref, b1_ref, b2_ref, b3_re
 
   def body(t, acc):
     start = t * tile
-    f = f_ref[pl.ds(start, tile), :]
-    bits = bits_ref[pl.ds(start, tile)]
-    voxel = p * tile * tiles + start + jnp.arange(tile, dtype=jnp.int32)
-    valid = (voxel < num_voxels)[:, None]
+    f, bits, valid = _load_tile(f_ref, bits_ref, p, start, tile, tiles, num_voxels)
     acc = list(acc)
     for g in range(groups):
       _, _, _, _, z = _forward_tile(f, w1_ref[g], w2_ref[g], w3_ref[g], b1_ref[g], b2_ref[g],
@@ -176,10 +181,7 @@ def _grad_kernel(f_ref, bits_ref, w1_ref, w2_ref, w3_ref, b1_ref, b2_ref, b3_ref
 
   def body(t, acc):
     start = t * tile
-    f = f_ref[pl.ds(start, tile), :]
-    bits = bits_ref[pl.ds(start, tile)]
-    voxel = p * tile * tiles + start + jnp.arange(tile, dtype=jnp.int32)
-    valid = (voxel < num_voxels)[:, None]
+    f, bits, valid = _load_tile(f_ref, bits_ref, p, start, tile, tiles, num_voxels)
     acc = list(acc)
     df = jnp.zeros((tile, IN_PAD), jnp.float32)
     for g in range(groups):

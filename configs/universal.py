@@ -88,9 +88,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # Class codes: 'text' (embedding table, the paper), 'onehot' or 'learned' (ablations).
   c.model.class_code = "text"
   # Dynamic heads, the same numbers three ways: 'blockdiag' (three dense matmuls with
-  # block-diagonal weights over a (B, voxels, 32 x 8) layout; heads + loss 8.2 ms on an H100),
+  # block-diagonal weights over a (B, voxels, 32 x 8) layout; heads + loss 8.0 ms on an H100),
   # 'einsum' (per-(sample, class) einsums; 14.0 ms) or 'fused' (a Pallas kernel that never
-  # stores the logits: ~2.6 GB less memory, 11.9 ms). benchmarks/universal_step.md.
+  # stores the logits: ~2.6 GB less memory, 11.4 ms). benchmarks/universal_step.md.
   c.model.head_impl = "blockdiag"
   # Text table: '' computes MiniLM embeddings of the class prompts (cached in the workdir);
   # a path loads a user's (32, D) .npy table (e.g. CLIP's 512-d).

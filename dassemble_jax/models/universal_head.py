@@ -97,9 +97,9 @@ def dynamic_heads_blockdiag(features: jax.Array, theta: jax.Array) -> jax.Array:
 
 # How the logits are computed. 'fused' trains through `segmentation.fused_heads` (the heads and
 # the loss's sums in one GPU kernel, no logits in memory); where logits are needed (evaluation,
-# prediction) it computes them as 'einsum'.
+# prediction) it computes them as 'blockdiag'.
 HEAD_IMPLS = {"einsum": dynamic_heads, "blockdiag": dynamic_heads_blockdiag,
-              "fused": dynamic_heads}
+              "fused": dynamic_heads_blockdiag}
 
 
 class UniversalHead(nnx.Module):

@@ -262,21 +262,28 @@ def _compiler_params(num_warps: int, interpret: bool):
   return plgpu.CompilerParams(num_warps=num_warps, num_stages=1)
 
 
-def _pallas_stats(features, theta, bits, *, kernel, interpret):
-  tile, tiles, warps = kernel
-  b, s, _ = features.shape
+def _prepare(kernel_fn, features, theta, bits, tile: int, tiles: int):
+  """What both kernels take: the bound kernel body, its array inputs, groups, programs, chunk."""
   k = theta.shape[1]
   weights = _group_weights(theta, features.dtype)
   groups = weights[0].shape[1]
   f, ibits, programs, chunk = _layout(features, bits, tile, tiles)
-  body = functools.partial(_stats_kernel, tile=tile, tiles=tiles, groups=groups, num_voxels=s,
-                           num_classes=k, dtype=features.dtype)
+  body = functools.partial(kernel_fn, tile=tile, tiles=tiles, groups=groups,
+                           num_voxels=features.shape[1], num_classes=k, dtype=features.dtype)
+  return body, (f, ibits, *weights), groups, programs, chunk
+
+
+def _pallas_stats(features, theta, bits, *, kernel, interpret):
+  tile, tiles, warps = kernel
+  b, k = theta.shape[:2]
+  body, inputs, groups, programs, chunk = _prepare(_stats_kernel, features, theta, bits, tile,
+                                                   tiles)
   out = pl.pallas_call(
       body, grid=(b, programs), in_specs=_specs(groups, chunk),
       out_specs=_partial_spec(groups, NUM_STATS, GROUP),
       out_shape=jax.ShapeDtypeStruct((b, programs, groups, NUM_STATS, GROUP), jnp.float32),
       compiler_params=_compiler_params(warps, interpret), interpret=interpret,
-      name="dynamic_heads_loss_stats")(f, ibits, *weights)
+      name="dynamic_heads_loss_stats")(*inputs)
   # (B, G, 4, 16) -> (B, K, 4)
   return out.sum(1).transpose(0, 1, 3, 2).reshape(b, groups * GROUP, NUM_STATS)[:, :k]
 
@@ -285,14 +292,11 @@ def _pallas_grads(features, theta, bits, dstats, *, kernel, interpret):
   tile, tiles, warps = kernel
   b, s, c = features.shape
   k = theta.shape[1]
-  weights = _group_weights(theta, features.dtype)
-  groups = weights[0].shape[1]
-  f, ibits, programs, chunk = _layout(features, bits, tile, tiles)
+  body, inputs, groups, programs, chunk = _prepare(_grad_kernel, features, theta, bits, tile,
+                                                   tiles)
   # (B, K, 4) -> (B, G, 4, 16), padded classes with zero cotangent.
   ds = jnp.pad(dstats.astype(jnp.float32), ((0, 0), (0, groups * GROUP - k), (0, 0)))
   ds = ds.reshape(b, groups, GROUP, NUM_STATS).transpose(0, 1, 3, 2)
-  body = functools.partial(_grad_kernel, tile=tile, tiles=tiles, groups=groups, num_voxels=s,
-                           num_classes=k, dtype=features.dtype)
   shapes = ((groups, IN_PAD, WIDTH), (groups, WIDTH, GROUP), (groups, WIDTH), (groups, WIDTH),
             (groups, WIDTH), (groups, GROUP))
   out = pl.pallas_call(
@@ -304,7 +308,7 @@ def _pallas_grads(features, theta, bits, dstats, *, kernel, interpret):
       out_shape=[jax.ShapeDtypeStruct((b, programs * chunk, IN_PAD), jnp.float32)]
       + [jax.ShapeDtypeStruct((b, programs, *shape), jnp.float32) for shape in shapes],
       compiler_params=_compiler_params(warps, interpret), interpret=interpret,
-      name="dynamic_heads_loss_grads")(f, ibits, *weights, ds)
+      name="dynamic_heads_loss_grads")(*inputs, ds)
   df, partials = out[0], [x.sum(1) for x in out[1:]]
   dtheta = _theta_grad(*partials, num_classes=k)
   return df[:, :s, :c].astype(features.dtype), dtheta.astype(theta.dtype)

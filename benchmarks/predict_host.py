@@ -226,7 +226,13 @@ def ref_save_label_map(path, labels, affine):
   nifti_io.save(path, labels.astype(np.uint8, copy=False), affine)
 
 
-REFERENCE = dict(load=predict.load_nifti_for_prediction, to_model_grid=ref_to_model_grid,
+def ref_load(path):
+  img = nib.load(str(path))  # Python's zlib inflate (nifti_io.load now inflates with ISA-L)
+  affine = np.asarray(img.affine, np.float64)
+  return np.asanyarray(img.dataobj).astype(np.float32), affine, nifti_io.voxel_sizes(affine)
+
+
+REFERENCE = dict(load=ref_load, to_model_grid=ref_to_model_grid,
                  postprocess=ref_postprocess, label_map=ref_masks_to_label_map,
                  to_original_grid=ref_to_original_grid, save=ref_save_label_map)
 

@@ -1,0 +1,57 @@
+"""nifti_io.load: the ISA-L gzip path reads what nibabel reads, and bad files name themselves."""
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from dassemble_jax.ct import nifti_io
+
+AFFINE = np.array([[-0.8, 0, 0, 10], [0, -0.8, 0, -20], [0, 0, 2.5, 30], [0, 0, 0, 1]])
+
+
+def _volume(rng):
+  return rng.integers(-1024, 2000, size=(7, 6, 5)).astype(np.int16)
+
+
+@pytest.mark.parametrize("image_class", [nib.Nifti1Image, nib.Nifti2Image])
+@pytest.mark.parametrize("name", ["ct.nii.gz", "ct.nii"])
+@pytest.mark.parametrize("slope_inter", [(1.0, 0.0), (0.5, -7.0)])
+def test_load_equals_nibabel(tmp_path, image_class, name, slope_inter):
+  rng = np.random.default_rng(0)
+  img = image_class(_volume(rng), AFFINE)
+  # Scaled on disk (the second case): load must apply it, with nibabel's choice of dtype.
+  img.header.set_slope_inter(*slope_inter)
+  img.header.extensions.append(nib.nifti1.Nifti1Extension(6, b"a comment that moves the data"))
+  path = tmp_path / name
+  nib.save(img, str(path))
+  data, affine = nifti_io.load(path)
+  ref = nib.load(str(path))
+  np.testing.assert_array_equal(data, np.asanyarray(ref.dataobj))
+  np.testing.assert_array_equal(affine, ref.affine)
+  assert data.dtype == np.asanyarray(ref.dataobj).dtype
+
+
+def test_big_endian_gzip(tmp_path):
+  vol = _volume(np.random.default_rng(1)).astype(">i2")
+  path = tmp_path / "be.nii.gz"
+  nib.save(nib.Nifti1Image(vol, AFFINE), str(path))
+  data, _ = nifti_io.load(path)
+  np.testing.assert_array_equal(data, vol.astype(np.int16))
+
+
+def test_other_gzip_formats_fall_back_to_nibabel(tmp_path):
+  vol = np.arange(60, dtype=np.float32).reshape(5, 4, 3)
+  path = tmp_path / "brain.mgz"
+  nib.save(nib.MGHImage(vol, AFFINE), str(path))
+  data, _ = nifti_io.load(path)
+  np.testing.assert_array_equal(data, vol)
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage"])
+def test_corrupt_gzip_names_the_file(tmp_path, damage):
+  path = tmp_path / "bad.nii.gz"
+  nib.save(nib.Nifti1Image(_volume(np.random.default_rng(2)), AFFINE), str(path))
+  raw = path.read_bytes()
+  path.write_bytes(raw[: len(raw) // 2] if damage == "truncate" else raw[:10] + b"\0" * 200)
+  with pytest.raises(nifti_io.CaseError, match="bad.nii.gz"):
+    nifti_io.load(path)

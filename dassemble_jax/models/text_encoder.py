@@ -12,17 +12,20 @@ Typical use:
   table = embed_prompts(class_names)          # (K, 384), cached on disk after the first call
   logits = model(x, jnp.asarray(table))
 
-Adding a new class (e.g. 'adrenal tumor'):
-  1. Append its name to the taxonomy (dassemble_jax/labels.py) so it gets the next channel id.
-  2. Re-run `embed_prompts(new_class_names)` (the cache is keyed by the prompts, so the new
-     table is computed once; or append a row from your own encoder to a .npy and load it with
-     `load_embedding_table`). Nothing else in the model depends on the number of classes:
-     the controller is shared by all classes and the head count follows the table.
-  3. Fine-tune from the existing checkpoint with a config whose `num_classes` is the new K and
-     whose sources include data annotating the new class (other classes stay known/unknown per
-     source as before); a short schedule with a lower learning rate suffices because only the
-     new class's code is unseen. With class_code='learned' or 'onehot' this is not possible
-     without new parameters -- the reason for text codes.
+Adding a class to a trained model (configs/universal_add_class.py, tested end to end):
+  1. The class is a row of the table: its prompt is "A computerized tomography of a
+     {prompt_name}." with the `prompt_name` of `ct/taxonomy.py`. The model has a head for every
+     row already (the controller is shared by all classes), also for a class none of its
+     training sources annotated.
+  2. Convert a dataset that annotates it (`python -m dassemble_jax.ct.convert`).
+  3. Fine-tune: `python -m dassemble_jax.main --config=configs/universal_add_class.py
+     --workdir=DIR --config.init_from=OLD/runs/assembly --config.data.shard_dirs=...`: the
+     trained parameters are kept, the optimiser and schedule start afresh (`init_from`), and
+     the held-out table shows the new class learned and what the old classes kept, against
+     the same training from scratch.
+  The output space is the 32 classes of the taxonomy (shards store labels as 32-bit masks): a
+  class outside it needs a new taxonomy row and wider masks. With class_code='learned' or
+  'onehot' a class has no meaning beyond its index -- the reason for text codes.
 """
 
 from __future__ import annotations

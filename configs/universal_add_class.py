@@ -40,6 +40,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # Phantom sources of the fine-tuning: they annotate the new class (kidney tumor).
   c.add_class.finetune_sources = ("phantom_kits",)
   c.data.phantom_sources = c.add_class.pretrain_sources + c.add_class.finetune_sources
+  # Rehearsal: fine-tune on the pretraining sources too. Without it the old classes leave the
+  # loss (the new source does not annotate them) and are forgotten: on the phantom, mean DSC of
+  # the old classes 0.386 -> 0.130 after 100 steps on the KiTS-like source alone.
+  c.add_class.rehearse = True
   # Steps of the pretrained model (on the phantom; a given `init_from` is not retrained), and
   # of the fine-tuned and from-scratch models.
   c.add_class.pretrain_steps = 300

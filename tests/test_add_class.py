@@ -44,17 +44,27 @@ def _trained_ids(run_dir):
 def test_job_trains_three_models_and_reports_the_new_classes(job):
   runs = job["dir"] / "runs"
   assert _trained_ids(runs / "pretrained") == {1}                 # spleen
-  assert _trained_ids(runs / "scratch") == {6, 27}                # liver, liver tumor
-  assert _trained_ids(runs / "finetuned") == {1, 6, 27}           # old + new
+  # Rehearsal (the default): fine-tuned and scratch models see the spleen source too.
+  assert _trained_ids(runs / "finetuned") == {1, 6, 27}           # old + new (liver, tumor)
+  assert _trained_ids(runs / "scratch") == {1, 6, 27}
   summary = json.loads((job["dir"] / "add_class.json").read_text())
   assert summary["classes"] == {"new": ["liver", "liver_tumor"], "old": ["spleen"], "both": []}
   text = (job["dir"] / "add_class.txt").read_text()
   assert "new classes (liver, liver_tumor): pretrained -, finetuned " in text
-  assert "old classes (spleen): pretrained " in text and "scratch -" in text
-  # Each model is scored on what it was taught: the scratch model has no spleen value.
+  assert "old classes (spleen): pretrained " in text
+  # Each model is scored on what it was taught: the pretrained model has no liver value.
   dsc = summary["comparison"]["dsc"]
-  assert dsc["scratch"]["spleen"] is None and dsc["finetuned"]["spleen"] is not None
   assert dsc["pretrained"]["liver"] is None and dsc["finetuned"]["liver"] is not None
+  assert dsc["finetuned"]["spleen"] is not None
+
+
+def test_without_rehearsal_only_the_new_sources_are_fine_tuned(job):
+  config = universal_job.with_fields(job["config"], **{"add_class.rehearse": False})
+  folders = add_class_job._folders(config, str(job["dir"]))  # pylint: disable=protected-access
+  assert folders["finetune"] == folders["new"] and len(folders["new"]) == 1
+  assert "phantom_lits" in folders["new"][0] and "phantom_spleen" in folders["pretrain"][0]
+  rehearsed = add_class_job._folders(job["config"], str(job["dir"]))  # pylint: disable=protected-access
+  assert rehearsed["finetune"] == rehearsed["new"] + rehearsed["pretrain"]
 
 
 def test_finetuning_starts_from_the_pretrained_parameters(job, tmp_path):

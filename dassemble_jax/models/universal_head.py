@@ -185,8 +185,8 @@ class UniversalModel(nnx.Module):
   needed for class_code='text'. `backbone_kwargs` pass through (e.g. base_channels,
   feature_size for tiny test models).
 
-  Adding a class: see `dassemble_jax.models.text_encoder` (a new prompt row in the table, one
-  more output channel, fine-tune).
+  Adding a class: see `dassemble_jax.models.text_encoder` (the class is a row of the table; with
+  text codes no parameter depends on the number of classes; fine-tune with `config.init_from`).
   """
 
   def __init__(self, backbone: str = "unet", num_classes: int = 32,

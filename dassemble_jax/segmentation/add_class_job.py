@@ -15,7 +15,8 @@ head for it; fine-tuning on a dataset that annotates it teaches it, with no new 
    named by `init_from` (then not retrained);
 3. 'finetuned' (DIR/runs/finetuned): starts from the pretrained model's best checkpoint
    (`train.init_from_run`: parameters kept, optimiser and schedule fresh) and trains on the
-   fine-tuning sources for `add_class.finetune_steps` at `add_class.finetune_learning_rate`;
+   new sources (with `add_class.rehearse`, plus the pretraining sources) for
+   `add_class.finetune_steps` at `add_class.finetune_learning_rate`;
 4. 'scratch' (DIR/runs/scratch): the same sources and steps from a random start, at the
    config's own learning rate: what fine-tuning is measured against;
 5. all three on the held-out cases: per-class DSC (each model on the classes it was taught; the
@@ -48,31 +49,34 @@ from dassemble_jax.segmentation import train as seg_train
 
 
 def _folders(config, workdir: str) -> dict:
-  """{'pretrain', 'finetune', 'test', 'val': lists of converted folders}."""
+  """{'pretrain', 'new', 'finetune', 'test', 'val': lists of converted folders}; 'new' are the
+  sources annotating the new classes, 'finetune' those plus, with rehearsal, the pretraining
+  sources."""
   d, a = config.data, config.add_class
   if d.shard_dirs:
     if not config.init_from:
       raise ValueError("data.shard_dirs names the datasets of the new class; name the trained "
                        "model to extend with --config.init_from=DIR/runs/<model>")
-    return {"pretrain": [], "finetune": list(d.shard_dirs), "test": list(d.test_dirs),
-            "val": list(d.get("val_dirs", ()) or ())}
+    return {"pretrain": [], "new": list(d.shard_dirs), "finetune": list(d.shard_dirs),
+            "test": list(d.test_dirs), "val": list(d.get("val_dirs", ()) or ())}
   overlap = set(a.pretrain_sources) & set(a.finetune_sources)
   if overlap:
     raise ValueError(f"add_class: {sorted(overlap)} both pretrain and fine-tune; the point is a "
                      "class the pretrained model never saw")
   data = universal_job.phantom_data(config, os.path.join(workdir, "data"))
   pick = lambda names: [str(data["train"][n]) for n in names]
-  return {"pretrain": pick(a.pretrain_sources), "finetune": pick(a.finetune_sources),
+  new = pick(a.finetune_sources)
+  rehearsal = pick(a.pretrain_sources) if a.rehearse else []
+  return {"pretrain": pick(a.pretrain_sources), "new": new, "finetune": new + rehearsal,
           "test": [str(p) for p in data["test"].values()],
           "val": [str(p) for p in data["val"].values()]}
 
 
-def class_groups(pretrained: np.ndarray, finetune_dirs) -> dict[str, np.ndarray]:
-  """(32,) bool masks: 'new' (taught by the fine-tuning sources only), 'old' (by the
-  pretraining only: does fine-tuning keep them?) and 'both'."""
-  finetune = evaluate.trained_class_mask(list(finetune_dirs))
-  return {"new": finetune & ~pretrained, "old": pretrained & ~finetune,
-          "both": pretrained & finetune}
+def class_groups(pretrained: np.ndarray, new_dirs) -> dict[str, np.ndarray]:
+  """(32,) bool masks: 'new' (taught by the new sources only), 'old' (by the pretraining only:
+  does fine-tuning keep them?) and 'both'."""
+  new = evaluate.trained_class_mask(list(new_dirs))
+  return {"new": new & ~pretrained, "old": pretrained & ~new, "both": pretrained & new}
 
 
 def _evaluate_run(run_dir: str, test_dirs) -> dict:
@@ -148,7 +152,7 @@ def run(config, workdir: str) -> dict:
   if folders["test"] and all("eval" in r for r in results.values()):
     with open(os.path.join(pretrained_dir, seg_train.TRAINED_CLASSES_FILE)) as f:
       taught = taxonomy.annotated_vector(json.load(f)).astype(bool)
-    groups = class_groups(taught, folders["finetune"])
+    groups = class_groups(taught, folders["new"])
     text, table = universal_job.comparison_table(
         results, title="pretrained; fine-tuned from it on the new sources; the same from scratch")
     text = "\n".join([text, *summary_lines(results, groups)])

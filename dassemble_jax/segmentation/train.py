@@ -261,13 +261,16 @@ def init_from_run(config, comp: Compiled, fresh: State, table: np.ndarray, run_d
       if config.model.class_code == "text":
         fields["class-code width"] = (run.table.shape[1], table.shape[1])
       shown = ", ".join(f"{k}: {theirs.get(k)} there vs {ours.get(k)} here" for k in differ[:3])
-      fields_txt = ", ".join(f"{k} {a} vs {b}" for k, (a, b) in fields.items()
-                             if b is not None and a != b)
+      differing = {k: v for k, v in fields.items() if v[0] != v[1]}
+      hint = ""
+      if "class-code width" in differing:
+        hint = (" (the run's class table: --config.model.embedding_table="
+                f"{os.path.join(run_dir, EMBEDDINGS_FILE)})")
       raise InitFromError(
           f"init_from {run_dir}: its model does not match this config's ({len(differ)} "
-          f"{part} differ: {shown}). Differing model fields: {fields_txt or 'none'}; a run "
-          "trained with another class table needs --config.model.embedding_table="
-          f"{os.path.join(run_dir, EMBEDDINGS_FILE)}")
+          f"{part} differ: {shown}). Model fields there vs here: " +
+          (", ".join(f"{k} {a} vs {b}" for k, (a, b) in differing.items()) or "none differ") +
+          hint)
   params = run.state["params"]
   state = {"step": jnp.zeros_like(fresh["step"]), "params": params,
            "batch_stats": run.state["batch_stats"], "opt_state": comp.init_opt_state(params)}

@@ -73,24 +73,26 @@ def test_bad_inputs_give_clear_errors(tmp_path):
     predict.find_inputs(tmp_path / "missing.nii.gz")
 
 
-def test_failed_write_leaves_nothing_half_written(tmp_path, monkeypatch):
-  out = tmp_path / "case.nii.gz"
+@pytest.mark.parametrize("suffix", [".nii.gz", ".nii"])
+def test_failed_write_leaves_nothing_half_written(tmp_path, monkeypatch, suffix):
+  out = tmp_path / f"case{suffix}"
   predict.save_label_map(out, np.ones((4, 4, 4), np.uint8), AFFINE)
   before = out.read_bytes()
 
-  def broken_save(img, filename):
-    with open(filename, "wb") as f:
+  def broken_write(img, file_map=None, *args, **kwargs):
+    # Both writers (ISA-L gzip stream, nibabel's own file) end in to_file_map.
+    with (file_map or img.file_map)["image"].get_prepare_fileobj("wb") as f:
       f.write(b"partial")
     raise OSError("disk full")
 
-  monkeypatch.setattr(nib, "save", broken_save)
+  monkeypatch.setattr(nib.Nifti1Image, "to_file_map", broken_write)
   with pytest.raises(OSError, match="disk full"):
     predict.save_label_map(out, np.zeros((4, 4, 4), np.uint8), AFFINE)
   with pytest.raises(OSError):
     predict.save_per_class(tmp_path / "per_class", np.zeros((4, 4, 4, 2), bool), AFFINE,
-                           ["a", "b"])
+                           ["a", "b"], compress=suffix == ".nii.gz")
   assert out.read_bytes() == before                     # the old file is intact
-  assert sorted(os.listdir(tmp_path)) == ["case.nii.gz", "per_class"]
+  assert sorted(os.listdir(tmp_path)) == [f"case{suffix}", "per_class"]
   assert os.listdir(tmp_path / "per_class") == []       # no temporary or partial file
 
 
@@ -115,6 +117,28 @@ def test_save_per_class(tmp_path, compress):
   kept = predict.save_per_class(tmp_path / "sparse", masks, AFFINE, ["a", "b", "c"],
                                 skip_empty=True)
   assert [p.name for p in kept] == ["a.nii.gz", "c.nii.gz"]
+
+
+def test_per_class_files_from_small_boxes_packed_and_bool(tmp_path):
+  """Classes in small boxes (one at the array's edge, one empty, two overlapping): the files hold
+  exactly each class's voxels, from packed and from bool masks; the reused buffer leaks nothing
+  from one class into the next."""
+  shape = (15, 16, 17)
+  masks = np.zeros(shape + (4,), bool)
+  masks[2:5, 3:9, 4:6, 0] = True
+  masks[10:15, 0:2, 16:17, 1] = True            # touches three array faces
+  masks[3:4, 5:6, 5:6, 1] = True                # a second, separate piece of class 1
+  masks[4:7, 4:7, 4:7, 3] = True                # overlaps class 0 (a lesion in its organ)
+  bits = (masks.astype(np.uint32) << np.arange(4, dtype=np.uint32)).sum(-1, dtype=np.uint32)
+  assert predict.class_boxes(bits, 4) == predict.class_boxes(masks, 4) == [
+      (slice(2, 5), slice(3, 9), slice(4, 6)), (slice(3, 15), slice(0, 6), slice(5, 17)), None,
+      (slice(4, 7), slice(4, 7), slice(4, 7))]
+  names = ["a", "b", "empty", "d"]
+  for kind, m in (("bits", bits), ("bool", masks)):
+    paths = predict.save_per_class(tmp_path / kind, m, AFFINE, names)
+    for k, p in enumerate(paths):
+      np.testing.assert_array_equal(np.asanyarray(nib.load(str(p)).dataobj),
+                                    masks[..., k].astype(np.uint8))
 
 
 def test_back_to_original_grid():

@@ -122,6 +122,21 @@ def test_init_from_a_folder_that_is_not_a_run_names_it(job, tmp_path):
     seg_train.train(cfg, str(tmp_path / "y"), stop_at_step=0)
 
 
+def test_given_model_is_extended_with_named_datasets(job, tmp_path):
+  """Real-data mode: `init_from` names the trained model, `data.shard_dirs` the new datasets;
+  the given model is evaluated, not retrained."""
+  data = job["dir"] / "data"
+  c = universal_job.with_fields(job["config"], **{
+      "init_from": str(job["dir"] / "runs" / "pretrained"),
+      "data.shard_dirs": (str(data / "shards" / "phantom_lits"),),
+      "data.test_dirs": (str(data / "test_shards" / "phantom_lits"),)})
+  summary = add_class_job.run(c, str(tmp_path / "w"))
+  assert not (tmp_path / "w" / "runs" / "pretrained").exists()
+  assert summary["classes"]["new"] == ["liver", "liver_tumor"]
+  assert _trained_ids(tmp_path / "w" / "runs" / "finetuned") == {1, 6, 27}
+  assert _trained_ids(tmp_path / "w" / "runs" / "scratch") == {6, 27}
+
+
 def test_real_data_mode_needs_init_from(tmp_path):
   c = _tiny()
   c.data.shard_dirs = (str(tmp_path),)

@@ -24,9 +24,10 @@ head for it; fine-tuning on a dataset that annotates it teaches it, with no new 
    (did fine-tuning learn the new class, and did it keep the old ones?), DIR/add_class.txt and
    DIR/add_class.json.
 
-With converted real datasets: `--config.init_from=OLD/runs/assembly` (required) and
-`--config.data.shard_dirs` = the datasets annotating the new class (`test_dirs`, `val_dirs` as
-in the universal job). The classes of the 32-class taxonomy are the output space (labels are
+With converted real datasets: `--config.init_from=OLD/runs/assembly` (required; its class
+table is used unless `model.embedding_table` names another) and `--config.data.shard_dirs` =
+the datasets annotating the new class, plus old ones to rehearse (`test_dirs`, `val_dirs` as in
+the universal job). The classes of the 32-class taxonomy are the output space (labels are
 stored as 32-bit masks): a class outside it needs a row in `ct/taxonomy.py` and is not possible
 without widening the masks.
 """
@@ -41,7 +42,6 @@ import time
 import jax
 import numpy as np
 
-from dassemble_jax.ct import taxonomy
 from dassemble_jax.segmentation import evaluate
 from dassemble_jax.segmentation import job as universal_job
 from dassemble_jax.segmentation import metrics as seg_metrics
@@ -114,10 +114,15 @@ def run(config, workdir: str) -> dict:
   a = config.add_class
   folders = _folders(config, workdir)
   print(f"data ready in {time.perf_counter() - t0:.1f} s", flush=True)
-  table_path = os.path.join(workdir, seg_train.EMBEDDINGS_FILE)
   if config.model.class_code == "text" and not config.model.embedding_table:
-    # One table for all three models (the fine-tuned one must read the codes it started with).
-    seg_train.class_table(config, workdir)
+    # One table for all three models: the fine-tuned one must read the codes it was trained
+    # with, so a given model brings its own (a new table: --config.model.embedding_table).
+    if config.init_from:
+      table_path = os.path.join(str(config.init_from), seg_train.EMBEDDINGS_FILE)
+    else:
+      table_path = os.path.join(workdir, seg_train.EMBEDDINGS_FILE)
+      seg_train.class_table(config, workdir)
+    print(f"class codes: {table_path}", flush=True)
     config = universal_job.with_fields(config, **{"model.embedding_table": table_path})
   common = {"data.test_dirs": tuple(folders["test"]), "data.val_dirs": tuple(folders["val"])}
 
@@ -150,11 +155,9 @@ def run(config, workdir: str) -> dict:
 
   summary = {"results": results}
   if folders["test"] and all("eval" in r for r in results.values()):
-    with open(os.path.join(pretrained_dir, seg_train.TRAINED_CLASSES_FILE)) as f:
-      taught = taxonomy.annotated_vector(json.load(f)).astype(bool)
-    groups = class_groups(taught, folders["new"])
+    groups = class_groups(evaluate.run_trained_classes(pretrained_dir), folders["new"])
     text, table = universal_job.comparison_table(
-        results, title="pretrained; fine-tuned from it on the new sources; the same from scratch")
+        results, title="pretrained; fine-tuned from it; the same data and steps from scratch")
     text = "\n".join([text, *summary_lines(results, groups)])
     print("\n" + text, flush=True)
     summary.update(comparison=table, classes={

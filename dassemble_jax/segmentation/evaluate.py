@@ -138,15 +138,20 @@ def trained_classes(config) -> np.ndarray:
   if synth_training.enabled(config):
     mask[synth_training.LIVER_TUMOR - 1] = True
   if config.get("init_from"):
-    from dassemble_jax.segmentation import train as seg_train
-    path = os.path.join(str(config.init_from), seg_train.TRAINED_CLASSES_FILE)
-    try:
-      with open(path) as f:
-        mask |= taxonomy.annotated_vector(json.load(f)).astype(bool)
-    except (OSError, ValueError) as e:
-      raise ValueError(f"init_from: cannot read {path} ({e}); is it a Universal Model training "
-                       "folder (DIR/runs/<model>)?") from e
+    mask |= run_trained_classes(str(config.init_from))
   return mask
+
+
+def run_trained_classes(run_dir: str) -> np.ndarray:
+  """(32,) bool: the classes a training folder's model was taught (its trained_classes.json)."""
+  from dassemble_jax.segmentation import train as seg_train
+  path = os.path.join(run_dir, seg_train.TRAINED_CLASSES_FILE)
+  try:
+    with open(path) as f:
+      return taxonomy.annotated_vector(json.load(f)).astype(bool)
+  except (OSError, ValueError) as e:
+    raise ValueError(f"cannot read {path} ({e}); is it a Universal Model training folder "
+                     "(DIR/runs/<model>)?") from e
 
 
 def trained_class_mask(source_dirs: Sequence[str]) -> np.ndarray:

@@ -107,7 +107,9 @@ def save(path: str | os.PathLike, data: np.ndarray, affine: np.ndarray) -> None:
   img.set_sform(img.affine, code=1)
   try:
     if suffix == ".nii.gz":
-      with igzip.open(tmp, "wb", compresslevel=1) as f:
+      # No name and mtime 0 in the gzip header (as nibabel): the same data gives the same bytes.
+      with open(tmp, "wb") as raw, igzip.IGzipFile(filename="", mode="wb", compresslevel=1,
+                                                   fileobj=raw, mtime=0) as f:
         img.to_file_map({"image": nib.FileHolder(filename=str(path), fileobj=f)})
     else:
       nib.save(img, str(tmp))

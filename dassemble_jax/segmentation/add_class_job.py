@@ -34,7 +34,6 @@ without widening the masks.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
@@ -44,7 +43,6 @@ import numpy as np
 
 from dassemble_jax.segmentation import evaluate
 from dassemble_jax.segmentation import job as universal_job
-from dassemble_jax.segmentation import metrics as seg_metrics
 from dassemble_jax.segmentation import train as seg_train
 
 
@@ -166,10 +164,6 @@ def run(config, workdir: str) -> dict:
       with open(os.path.join(workdir, "add_class.txt"), "w") as f:
         f.write(text + "\n")
   summary["seconds"] = time.perf_counter() - t0
-  if jax.process_index() == 0:
-    path = os.path.join(workdir, "add_class.json")
-    with open(path + ".tmp", "w") as f:
-      json.dump(seg_metrics.to_jsonable(summary), f, indent=1, default=str)
-    os.replace(path + ".tmp", path)
+  universal_job.write_summary(os.path.join(workdir, "add_class.json"), summary)
   print(f"job done in {summary['seconds']:.0f} s; results in {workdir}", flush=True)
   return summary

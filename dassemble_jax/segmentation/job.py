@@ -206,14 +206,19 @@ def run(config, workdir: str) -> dict:
   if config.write_predictions and raw_test:
     summary["predictions"] = _write_predictions(config, workdir, raw_test)
   summary["seconds"] = time.perf_counter() - t0
-  if jax.process_index() == 0:
-    path = os.path.join(workdir, "comparison.json")
-    from dassemble_jax.segmentation import metrics as seg_metrics
-    with open(path + ".tmp", "w") as f:
-      json.dump(seg_metrics.to_jsonable(summary), f, indent=1, default=str)
-    os.replace(path + ".tmp", path)
+  write_summary(os.path.join(workdir, "comparison.json"), summary)
   print(f"job done in {summary['seconds']:.0f} s; results in {workdir}", flush=True)
   return summary
+
+
+def write_summary(path: str, summary: dict) -> None:
+  """A job's JSON summary, written by the primary process under a temporary name, then renamed."""
+  if jax.process_index() != 0:
+    return
+  from dassemble_jax.segmentation import metrics as seg_metrics
+  with open(path + ".tmp", "w") as f:
+    json.dump(seg_metrics.to_jsonable(summary), f, indent=1, default=str)
+  os.replace(path + ".tmp", path)
 
 
 def _pick_cases(cases, n: int):

@@ -94,8 +94,8 @@ def _read_image(path: pathlib.Path):
 def save(path: str | os.PathLike, data: np.ndarray, affine: np.ndarray) -> None:
   """Writes a NIfTI file atomically (temporary name, then rename).
 
-  .nii.gz is deflated with ISA-L at level 1: 10-15x faster than nibabel's zlib for a
-  512 x 512 x 300 uint8 label map, and smaller (benchmarks/per_class_write.py). Data in
+  .nii.gz is deflated with ISA-L at level 1: a 512 x 512 x 300 uint8 label map in 0.011 s
+  instead of nibabel's (zlib) 0.100 s, and smaller (benchmarks/per_class_write.md). Data in
   Fortran order (NIfTI's x-fastest) is written without a transposed copy.
   """
   path = pathlib.Path(path)

@@ -25,6 +25,7 @@ def _tiny():
   c.data.phantom_sources = ("phantom_spleen", "phantom_lits")
   c.data.phantom_train_cases = 1
   c.batch_size = jax.device_count()  # 8 fake CPU devices: one crop each
+  c.model.norm = "batch"  # as the full config: running statistics must travel with init_from
   return c
 
 
@@ -76,9 +77,10 @@ def test_finetuning_starts_from_the_pretrained_parameters(job, tmp_path):
       _finetune_config(job), **{"init_from": str(runs / "pretrained")})
   start = seg_train.train(cfg, str(tmp_path / "ft"), stop_at_step=0)["state"]
   assert int(start["step"]) == 0
+  assert jax.tree.leaves(start["params"]) and jax.tree.leaves(start["batch_stats"])
   for part in ("params", "batch_stats"):
     for a, b in zip(jax.tree.leaves(jax.device_get(start[part])),
-                    jax.tree.leaves(jax.device_get(pretrained.state[part]))):
+                    jax.tree.leaves(jax.device_get(pretrained.state[part])), strict=True):
       np.testing.assert_array_equal(a, b)
   # Fresh AdamW moments: all zero (the pretrained run's are not).
   start_mu = [x for x in jax.tree.leaves(jax.device_get(start["opt_state"])) if x.ndim > 0]

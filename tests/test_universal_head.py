@@ -235,7 +235,7 @@ def test_blockdiag_heads_match_einsum_heads_in_value_and_gradient():
     a, ga = value_and_grads(uh.dynamic_heads, np.float64)
     b, gb = value_and_grads(uh.dynamic_heads_blockdiag, np.float64)
     np.testing.assert_allclose(a, b, rtol=1e-12)
-    for x, y in zip(ga, gb):
+    for x, y in zip(ga, gb, strict=True):
       np.testing.assert_allclose(x, y, rtol=1e-10, atol=1e-12 * np.abs(y).max())
   # In float32 each form is as close to that value as float32 allows. sin(logit)^2 of logits in
   # the tens amplifies rounding: both forms are ~1e-4 off the float64 gradient (largest entry
@@ -244,7 +244,7 @@ def test_blockdiag_heads_match_einsum_heads_in_value_and_gradient():
     v, g = value_and_grads(fn, np.float32)
     assert v.dtype == jnp.float32
     np.testing.assert_allclose(v, a, rtol=1e-5)
-    for x, y in zip(g, ga):
+    for x, y in zip(g, ga, strict=True):
       np.testing.assert_allclose(x, y, rtol=0, atol=2e-5 * np.abs(y).max())
   with pytest.raises(ValueError, match="head_impl"):
     uh.UniversalHead(16, 16, 4, 8, head_impl="loop", rngs=nnx.Rngs(0))

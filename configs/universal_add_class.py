@@ -4,21 +4,22 @@
   python -m dassemble_jax.main --config=configs/universal_add_class.py:tiny --workdir=/tmp/ac
   python -m dassemble_jax.main --config=configs/universal_add_class.py --workdir=/data/add \
       --config.init_from=/data/universal/runs/assembly \
-      --config.data.shard_dirs='("/shards/kits19",)' \
+      --config.data.shard_dirs='("/shards/kits19", "/shards/btcv", "/shards/lits")' \
       --config.data.test_dirs='("/shards_test/kits19", "/shards_test/btcv")'
 
 Three models (dassemble_jax/segmentation/add_class_job.py): 'pretrained' on sources that never
 annotate the new class (or the run named by `init_from`), 'finetuned' from it on the sources
-that do, 'scratch' on those sources from a random start with the same steps. On the phantom,
-the new class is the kidney tumor: the pretraining sources are the LiTS-, MSD-spleen- and
-BTCV-like ones, the fine-tuning source the KiTS-like one (kidneys + kidney tumor).
+that do plus, with `add_class.rehearse`, the pretraining ones, and 'scratch' on the same sources
+from a random start with the same steps. On the phantom, the new class is the kidney tumor: the
+pretraining sources are the LiTS-, MSD-spleen- and BTCV-like ones, the new source the KiTS-like
+one (kidneys + kidney tumor).
 
-Adding a class of your own: write its prompt (`ct/taxonomy.py`, the class's `prompt_name`: the
-text encoder reads "A computerized tomography of a {prompt_name}."), convert a dataset that
-annotates it (`python -m dassemble_jax.ct.convert`, its label map in `ct/datasets.py`), then run
-this config with `init_from` and `data.shard_dirs` as above. Fine-tune on the new dataset alone
-(old classes are unknown there, so they leave the loss) or add old datasets to `shard_dirs` to
-rehearse the old classes; the held-out table shows what the old classes kept.
+A class your model was never taught: its prompt is "A computerized tomography of a
+{prompt_name}." (`ct/taxonomy.py`); convert a dataset that annotates it (`python -m
+dassemble_jax.ct.convert`, its label map in `ct/datasets.py`), then run this config with
+`init_from` and `data.shard_dirs` as above, adding old datasets to `shard_dirs` to rehearse the
+old classes (without them the old classes leave the loss and are forgotten; the held-out table
+shows what they kept). The output space is the taxonomy's 32 classes (32-bit label masks).
 ':tiny': the same code path in seconds (tests/test_add_class.py).
 """
 

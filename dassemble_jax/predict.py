@@ -17,6 +17,7 @@ import dataclasses
 import json
 import os
 import sys
+import time
 from typing import Any, Iterator
 
 from absl import app
@@ -160,6 +161,17 @@ def predict_file(loaded: LoadedModel, in_path, out_path, **overrides):
                                   class_names=loaded.class_names, **kwargs)
 
 
+def _stages(timings: dict) -> str:
+  return ", ".join(f"{k} {v:.2f} s" for k, v in timings.items())
+
+
+def _rate_eta(elapsed: float, done: int, total: int) -> str:
+  """'s/scan and ETA' after `done` of `total` scans (the first scan includes the compilation)."""
+  per_scan = elapsed / done
+  eta = time.strftime("%H:%M:%S", time.gmtime(per_scan * (total - done)))
+  return f"{per_scan:.2f} s/scan | ETA {eta}"
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -175,10 +187,15 @@ def main(argv):
   print(f"model {_FLAGS['workdir'].value} ({_FLAGS['checkpoint'].value} checkpoint: step "
         f"{loaded.step}, {loaded.config.model.backbone})", flush=True)
   try:
-    for result in predict_with(loaded, _FLAGS["input"].value, _FLAGS["output"].value,
-                               per_class=_FLAGS["per_class"].value, **overrides):
-      stages = ", ".join(f"{k} {v:.2f} s" for k, v in result.timings.items())
-      print(f"{result.label_map} ({stages})", flush=True)
+    from dassemble_jax.segmentation.predict import find_inputs
+    total = len(find_inputs(_FLAGS["input"].value))
+    start = time.perf_counter()
+    for i, result in enumerate(predict_with(loaded, _FLAGS["input"].value,
+                                            _FLAGS["output"].value,
+                                            per_class=_FLAGS["per_class"].value, **overrides),
+                               start=1):
+      print(f"[{i}/{total}] {result.label_map} ({_stages(result.timings)}) | "
+            f"{_rate_eta(time.perf_counter() - start, i, total)}", flush=True)
   except CaseError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2

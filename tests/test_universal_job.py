@@ -103,6 +103,31 @@ def test_bad_nifti_gives_a_clear_error(runs, tmp_path):
     predict_cli.load_model(str(tmp_path))
 
 
+def test_predict_cli_on_a_folder_shows_progress_and_fails_clearly(runs, tmp_path):
+  """`python -m dassemble_jax.predict` over a folder: one label map per scan, '[i/N] ... ETA'
+  progress lines; a corrupt scan in the folder exits 2 with an error naming it."""
+  import shutil
+  import subprocess
+  import sys
+  raw = runs["data"]["raw_test"]["phantom_lits"]
+  scans = tmp_path / "scans"
+  scans.mkdir()
+  for i, image in enumerate(sorted(raw.glob("volume-*.nii.gz"))[:1] * 2):
+    shutil.copy(image, scans / f"ct_{i}.nii.gz")
+  cmd = [sys.executable, "-m", "dassemble_jax.predict", f"--workdir={runs['dir']}",
+         f"--input={scans}", f"--output={tmp_path / 'out'}"]
+  repo = pathlib.Path(__file__).resolve().parents[1]
+  done = subprocess.run(cmd, cwd=repo, capture_output=True, text=True, timeout=600)
+  assert done.returncode == 0, done.stderr[-2000:]
+  assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["ct_0.nii.gz", "ct_1.nii.gz"]
+  lines = [line for line in done.stdout.splitlines() if line.startswith("[")]
+  assert [line.split()[0] for line in lines] == ["[1/2]", "[2/2]"]
+  assert all("s/scan | ETA" in line for line in lines)
+  (scans / "ct_2.nii.gz").write_bytes(b"\x1f\x8b not a nifti")
+  failed = subprocess.run(cmd, cwd=repo, capture_output=True, text=True, timeout=600)
+  assert failed.returncode == 2 and "ct_2.nii.gz" in failed.stderr
+
+
 def test_comparison_table_lists_each_model():
   nan = float("nan")
   summary = lambda d: {"eval": {"summary": {"all": {"dsc": d, "mean_dsc": nan}}}}

@@ -57,6 +57,7 @@ def test_job_trains_three_models_and_reports_the_new_classes(job):
   dsc = summary["comparison"]["dsc"]
   assert dsc["pretrained"]["liver"] is None and dsc["finetuned"]["liver"] is not None
   assert dsc["finetuned"]["spleen"] is not None
+  assert (job["dir"] / "overlays.png").stat().st_size > 0
 
 
 def test_without_rehearsal_only_the_new_sources_are_fine_tuned(job):
@@ -134,6 +135,7 @@ def test_given_model_is_extended_with_named_datasets(job, tmp_path):
       "data.test_dirs": (str(data / "test_shards" / "phantom_lits"),)})
   summary = add_class_job.run(c, str(tmp_path / "w"))
   assert not (tmp_path / "w" / "runs" / "pretrained").exists()
+  assert (tmp_path / "w" / "overlays.png").exists()
   assert summary["classes"]["new"] == ["liver", "liver_tumor"]
   assert _trained_ids(tmp_path / "w" / "runs" / "finetuned") == {1, 6, 27}
   assert _trained_ids(tmp_path / "w" / "runs" / "scratch") == {6, 27}

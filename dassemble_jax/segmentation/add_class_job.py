@@ -21,8 +21,8 @@ head for it; fine-tuning on a dataset that annotates it teaches it, with no new 
    config's own learning rate: what fine-tuning is measured against;
 5. all three on the held-out cases: per-class DSC (each model on the classes it was taught; the
    fine-tuned model on the old and the new ones), the new classes and the old ones summarised
-   (did fine-tuning learn the new class, and did it keep the old ones?), DIR/add_class.txt and
-   DIR/add_class.json.
+   (did fine-tuning learn the new class, and did it keep the old ones?), DIR/add_class.txt,
+   DIR/add_class.json and DIR/overlays.png (held-out cases of the new class first).
 
 With converted real datasets: `--config.init_from=OLD/runs/assembly` (required; its class
 table is used unless `model.embedding_table` names another) and `--config.data.shard_dirs` =
@@ -78,15 +78,16 @@ def class_groups(pretrained: np.ndarray, new_dirs) -> dict[str, np.ndarray]:
 
 
 def _evaluate_run(run_dir: str, test_dirs) -> dict:
-  """The held-out evaluation of a trained folder (its best checkpoint), with its own config."""
+  """The held-out evaluation of a trained folder (its best checkpoint), with its own config;
+  'masks' holds the predictions ({case: (X, Y, Z, 32) bool})."""
   from dassemble_jax import predict as predict_cli
   run = predict_cli.restore_run(run_dir, "best")
   results = evaluate.evaluate_state(
       run.config, {"compiled": run.compiled, "state": run.state, "table": run.table,
                    "classes": run.trained}, list(test_dirs))
   evaluate.write_results(run_dir, results, title=os.path.basename(os.path.normpath(run_dir)))
-  return {"step": int(run.meta["step"]), "eval": {k: v for k, v in results.items()
-                                                  if k != "masks"}}
+  return {"step": int(run.meta["step"]), "masks": results["masks"],
+          "eval": {k: v for k, v in results.items() if k != "masks"}}
 
 
 def summary_lines(results: dict, groups: dict[str, np.ndarray]) -> list[str]:
@@ -124,18 +125,19 @@ def run(config, workdir: str) -> dict:
     config = universal_job.with_fields(config, **{"model.embedding_table": table_path})
   common = {"data.test_dirs": tuple(folders["test"]), "data.val_dirs": tuple(folders["val"])}
 
-  results = {}
+  results, masks = {}, {}  # masks: {model: {held-out case: (X, Y, Z, 32) bool}}, for overlays
   pretrained_dir = str(config.init_from) or os.path.join(workdir, "runs", "pretrained")
   if config.init_from:
     print(f"\n=== model 'pretrained': {pretrained_dir} (given) ===", flush=True)
     results["pretrained"] = _evaluate_run(pretrained_dir, folders["test"])
+    masks["pretrained"] = results["pretrained"].pop("masks")
   else:
     print(f"\n=== model 'pretrained': {len(folders['pretrain'])} source(s), "
           f"{a.pretrain_steps} steps ===", flush=True)
     cfg = universal_job.with_fields(config, **common, **{
         "data.shard_dirs": tuple(folders["pretrain"]), "num_steps": int(a.pretrain_steps)})
     out = seg_train.train_and_evaluate(cfg, pretrained_dir)
-    out.pop("masks", None)
+    masks["pretrained"] = out.pop("masks", {})
     results["pretrained"] = out
 
   finetune = {**common, "data.shard_dirs": tuple(folders["finetune"]),
@@ -148,7 +150,7 @@ def run(config, workdir: str) -> dict:
           flush=True)
     cfg = universal_job.with_fields(config, **finetune, **fields)
     out = seg_train.train_and_evaluate(cfg, os.path.join(workdir, "runs", name))
-    out.pop("masks", None)
+    masks[name] = out.pop("masks", {})
     results[name] = out
 
   summary = {"results": results}
@@ -163,6 +165,12 @@ def run(config, workdir: str) -> dict:
     if jax.process_index() == 0:
       with open(os.path.join(workdir, "add_class.txt"), "w") as f:
         f.write(text + "\n")
+      # Cases that annotate a new class first: that is where the three models differ most.
+      cases = evaluate.load_cases(folders["test"])
+      cases.sort(key=lambda c: not (c.annotated.astype(bool) & groups["new"]).any())
+      shown = universal_job.pick_cases(cases, int(config.eval.num_overlays))
+      path = evaluate.overlay_png(os.path.join(workdir, "overlays.png"), shown, masks)
+      print(f"overlays: {path}", flush=True)
   summary["seconds"] = time.perf_counter() - t0
   universal_job.write_summary(os.path.join(workdir, "add_class.json"), summary)
   print(f"job done in {summary['seconds']:.0f} s; results in {workdir}", flush=True)

@@ -197,7 +197,7 @@ def run(config, workdir: str) -> dict:
       with open(os.path.join(workdir, "comparison.txt"), "w") as f:
         f.write(text + "\n")
     cases = evaluate.load_cases(test_dirs)
-    shown = _pick_cases(cases, int(config.eval.num_overlays))
+    shown = pick_cases(cases, int(config.eval.num_overlays))
     shown_models = ["assembly"] + [n for n in results if n != "assembly"]
     if jax.process_index() == 0:
       path = evaluate.overlay_png(os.path.join(workdir, "overlays.png"), shown,
@@ -221,7 +221,7 @@ def write_summary(path: str, summary: dict) -> None:
   os.replace(path + ".tmp", path)
 
 
-def _pick_cases(cases, n: int):
+def pick_cases(cases, n: int):
   """Up to n held-out cases, taking sources in turn so every source is shown."""
   by_source: dict[str, list] = {}
   for c in cases:

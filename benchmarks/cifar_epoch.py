@@ -6,9 +6,9 @@ CIFAR-10 cannot be fetched on the development machines, so the data are random u
 the real shape (32 x 32 x 3, 10 classes, every label known): the arithmetic, memory traffic and
 program are those of a real epoch; the accuracy is meaningless and not reported. Measured on the
 device JAX finds, one process:
-  scan:  the whole epoch as one compiled call (`train.make_epoch_fn`: permutation + `lax.scan`
+  scan:  the whole epoch as one compiled call (`trainer.make_epoch_fn`: permutation + `lax.scan`
          over steps, data resident on the device, flip + translate inside the step);
-  loop:  the same epoch as a Python loop of jitted steps (`train.make_resident_loop_fn`).
+  loop:  the same epoch as a Python loop of jitted steps (`trainer.make_resident_loop_fn`).
 The network is the config's (`--arch`: 'airbench', the `full` setting's, or 'resnet', the
 project's ResNet (64, 128, 256) it replaced); the JSON gives its forward MFLOP per image counted
 by hand (every conv tap and the head, 2 FLOP per multiply-add). The issue-6 target: <= 0.2 s per 50,000-image epoch on an H100 (airbench: ~10 epochs in 3.3 s on
@@ -27,7 +27,8 @@ import jax
 import numpy as np
 
 from configs import cifar_assemble
-from dassemble_jax import sharding, train
+from dassemble_jax import sharding
+from dassemble_jax.classification import trainer
 from dassemble_jax.models import airbench
 
 
@@ -70,10 +71,10 @@ def main():
   mesh = sharding.make_mesh()
   resident = sharding.put_replicated(data, mesh)
   steps = a.num_train // a.batch
-  tx = train.build_optimizer(c, steps * (a.epochs + 1) * 2)
-  state, train_def, _ = train.init_state(c, 10, 3, tx, mesh)
-  state = train.init_from_data(c, state, data["image"])  # airbench's whitening; else a no-op
-  step = train.make_train_step(c, train_def, tx, mesh)
+  tx = trainer.build_optimizer(c, steps * (a.epochs + 1) * 2)
+  state, train_def, _ = trainer.init_state(c, 10, 3, tx, mesh)
+  state = trainer.init_from_data(c, state, data["image"])  # airbench's whitening; else a no-op
+  step = trainer.make_train_step(c, train_def, tx, mesh)
   flops = airbench.forward_flops if c.model.arch == "airbench" else resnet_forward_flops
   n_params = sum(x.size for x in jax.tree.leaves(state["params"]))
   out = {"device": f"{jax.devices()[0].device_kind} x{jax.device_count()}",
@@ -82,7 +83,7 @@ def main():
          "forward_MFLOP_per_image": flops(tuple(c.model.widths)) / 1e6, "augment": c.augment}
   for mode in a.modes.split(","):
     if mode == "scan":
-      fn = jax.jit(train.make_epoch_fn(c, step, steps, a.batch), donate_argnums=0)
+      fn = jax.jit(trainer.make_epoch_fn(c, step, steps, a.batch), donate_argnums=0)
       t0 = time.perf_counter()
       fn = fn.lower(state, resident, 0).compile()
       out["scan_compile_s"] = time.perf_counter() - t0
@@ -90,7 +91,7 @@ def main():
       cost = cost[0] if isinstance(cost, (list, tuple)) else cost
       out["scan_epoch_GFLOP"] = cost.get("flops", float("nan")) / 1e9
     else:
-      fn = train.make_resident_loop_fn(c, step, steps, a.batch)
+      fn = trainer.make_resident_loop_fn(c, step, steps, a.batch)
     state, _ = fn(state, resident, 0)  # warm-up (and the loop's compile)
     jax.block_until_ready(state)
     times = []

@@ -5,9 +5,9 @@
 
 1. Writes the four phantom sources (default size: 96 x 80 x 64 voxels at 1.875 x 1.875 x 2.5 mm,
    about 115 x 100 x 107 after resampling to 1.5 mm) and converts them: seconds per case.
-2. Host pipeline (`pipeline.make_ct_dataset`): crops/s of `--crop`^3 windows with 0, 1, N
+2. Host pipeline (`crop_pipeline.make_ct_dataset`): crops/s of `--crop`^3 windows with 0, 1, N
    worker processes, after a warm-up batch.
-3. Device side (`augment.make_augment_fn`, on whatever JAX backend is default): crops/s.
+3. Device side (`volume_augment.make_augment_fn`, on whatever JAX backend is default): crops/s.
 Results are printed as one Markdown table; copy them into benchmarks/ct_pipeline.md.
 """
 
@@ -25,11 +25,13 @@ flags.FLAGS.mark_as_parsed()  # Grain's worker processes read absl flags.
 
 import jax  # noqa: E402
 
-from dassemble_jax.ct import augment, phantom, pipeline  # noqa: E402
+from dassemble_jax.ct import phantom  # noqa: E402
+from dassemble_jax.ct import volume_augment
+from dassemble_jax.ct import crop_pipeline
 
 
 def _host_rate(dirs, crop, batch, workers, batches):
-  ds = pipeline.make_ct_dataset(dirs, batch_size=batch, seed=0, crop=crop, shard_index=0,
+  ds = crop_pipeline.make_ct_dataset(dirs, batch_size=batch, seed=0, crop=crop, shard_index=0,
                                 shard_count=1, num_workers=workers)
   it = iter(ds)
   next(it)  # warm-up: worker start, first reads
@@ -61,18 +63,18 @@ def main():
           ("conversion only (read, RAS, 1.5 mm, map, crop, shard)",
            f"{convert_s / n_cases:.2f} s/case")]
 
-  crop = pipeline.CropConfig(crop_size=(a.crop,) * 3)
+  crop = crop_pipeline.CropConfig(crop_size=(a.crop,) * 3)
   for k in sorted({1, a.crops_per_record}):
-    many = pipeline.CropConfig(crop_size=(a.crop,) * 3, crops_per_record=k)
+    many = crop_pipeline.CropConfig(crop_size=(a.crop,) * 3, crops_per_record=k)
     for workers in [int(w) for w in a.workers.split(",")]:
       rate = _host_rate(list(dirs.values()), many, a.batch, workers, a.batches)
       rows.append((f"host pipeline, {workers} worker(s), {a.crop}^3 crops, {k} crop(s)/record",
                    f"{rate:.1f} crops/s"))
 
-  fn = augment.make_augment_fn(augment.AugmentConfig(crop_size=(a.crop,) * 3))
-  it = iter(pipeline.make_ct_dataset(list(dirs.values()), batch_size=a.batch, seed=0, crop=crop,
+  fn = volume_augment.make_augment_fn(volume_augment.AugmentConfig(crop_size=(a.crop,) * 3))
+  it = iter(crop_pipeline.make_ct_dataset(list(dirs.values()), batch_size=a.batch, seed=0, crop=crop,
                                      shard_index=0, shard_count=1))
-  batches = [augment.host_to_device_fields(next(it)) for _ in range(3)]
+  batches = [volume_augment.host_to_device_fields(next(it)) for _ in range(3)]
   jax.block_until_ready(fn(jax.random.key(0), batches[0]))
   start = time.perf_counter()
   for i in range(a.batches // 2):

@@ -6,7 +6,7 @@
 The step's head input f (B, 96^3, 8) and generated parameters theta (B, 32, 153) are given; each
 implementation computes the loss and its gradient with respect to both (what the train step
 back-propagates into the backbone and the controller):
-  einsum:     `universal_head.dynamic_heads` -> logits -> `losses.partial_label_loss`;
+  einsum:     `universal_head.dynamic_heads` -> logits -> `seg_losses.partial_label_loss`;
   blockdiag:  `universal_head.dynamic_heads_blockdiag` -> logits -> the same loss;
   fused:      `segmentation.fused_heads` (Pallas kernel; logits never in memory), once per
               --kernels entry (voxels per tile x tiles per program x warps).
@@ -30,10 +30,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks.unet_breakdown import _median_time
-from dassemble_jax.ct import augment as ct_augment
+from dassemble_jax.ct import volume_augment as ct_augment
 from dassemble_jax.models import universal_head as uh
 from dassemble_jax.segmentation import fused_heads
-from dassemble_jax.segmentation import losses
+from dassemble_jax.segmentation import seg_losses
 
 
 def make_loss(impl: str, bits, annotated, kernel=None):
@@ -45,7 +45,7 @@ def make_loss(impl: str, bits, annotated, kernel=None):
   def loss(f, theta):
     logits = uh.HEAD_IMPLS[impl](f, theta)
     targets = ct_augment.unpack_bits(bits)[..., : theta.shape[1]]  # (B, D, H, W, K)
-    return losses.partial_label_loss(logits, targets, annotated).total
+    return seg_losses.partial_label_loss(logits, targets, annotated).total
   return loss
 
 

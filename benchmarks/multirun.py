@@ -26,7 +26,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from dassemble_jax import multirun  # noqa: E402
+from dassemble_jax.classification import multirun
 
 
 def _fake_cifar(folder: str, per_batch: int) -> str:

@@ -29,7 +29,7 @@ import nibabel as nib
 import numpy as np
 
 from dassemble_jax.ct import nifti_io
-from dassemble_jax.segmentation import predict
+from dassemble_jax.segmentation import inference
 
 
 def synthetic_bits(shape, organs: int, seed: int = 0) -> np.ndarray:
@@ -85,7 +85,7 @@ def main():
   with tempfile.TemporaryDirectory() as tmp:
     prev = _median_time(lambda: previous_save_per_class(os.path.join(tmp, "prev"), bits, affine,
                                                         names), a.repeats)
-    cur = _median_time(lambda: predict.save_per_class(os.path.join(tmp, "cur"), bits, affine,
+    cur = _median_time(lambda: inference.save_per_class(os.path.join(tmp, "cur"), bits, affine,
                                                       names), a.repeats)
     for name in names:  # same files (same voxels, same header)
       x = nib.load(os.path.join(tmp, "prev", f"{name}.nii.gz"))

@@ -16,7 +16,7 @@ The input CT is the phantom abdomen's HU stretched to the file shape plus 15 HU 
 gzip sees CT-like data, not white noise.
 
 `--reference` also runs the implementation before the host-speed rewrite (kept below, verbatim,
-as `ref_*`; tests/test_predict_speed_equivalence.py checks the new one against it) and checks
+as `ref_*`; tests/segmentation/test_inference_speed_equivalence.py checks the new one against it) and checks
 that both give the same masks and the same written file.
 """
 
@@ -37,10 +37,10 @@ from scipy import ndimage  # noqa: E402
 
 from dassemble_jax.ct import nifti_io, preprocess, resample, taxonomy  # noqa: E402
 from dassemble_jax.segmentation import postprocess as pp  # noqa: E402
-from dassemble_jax.segmentation import predict  # noqa: E402
+from dassemble_jax.segmentation import inference
 
 # ---------------------------------------------------------------------------------------------
-# Reference: postprocess.py and predict.py as of commit 1ca273f (before the host-speed rewrite).
+# Reference: postprocess.py and inference.py as of commit 1ca273f (before the host-speed rewrite).
 
 _FULL = np.ones((3, 3, 3), bool)
 
@@ -179,7 +179,7 @@ def ref_to_model_grid(volume, affine, spacing):
   ras, ras_affine = nifti_io.reorient_to_ras(volume, affine)
   res, res_affine = resample.resample_to_spacing(ras, ras_affine, spacing, order=1,
                                                  out_dtype=np.float32)
-  return preprocess.scale_hu(res), predict.Grid(tuple(res.shape), res_affine)
+  return preprocess.scale_hu(res), inference.Grid(tuple(res.shape), res_affine)
 
 
 def _ref_axis_aligned_map(mapping):
@@ -240,11 +240,11 @@ REFERENCE["prepare"] = lambda masks: masks
 
 # What predict_file does now: the int16 scan read as is; masks packed to (X, Y, Z) uint32 (on the
 # device in predict_file, so timed apart here: "pack"), post-processed and drawn packed.
-NEW = dict(load=lambda path: predict.load_nifti_for_prediction(path, dtype=None),
-           to_model_grid=predict.to_model_grid, prepare=pp.pack_masks,
+NEW = dict(load=lambda path: inference.load_nifti_for_prediction(path, dtype=None),
+           to_model_grid=inference.to_model_grid, prepare=pp.pack_masks,
            postprocess=lambda bits, affine: pp.postprocess_bits(bits, 32, affine, copy=False),
-           label_map=pp.bits_to_label_map, to_original_grid=predict.to_original_grid,
-           save=predict.save_label_map)
+           label_map=pp.bits_to_label_map, to_original_grid=inference.to_original_grid,
+           save=inference.save_label_map)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -279,7 +279,7 @@ def run_stages(impl: dict, src: str, spacing: float, masks: np.ndarray, out: str
   t0 = time.perf_counter()
   volume, affine, _ = impl["load"](src)
   t["load"] = time.perf_counter() - t0
-  original = predict.Grid(tuple(volume.shape), affine)
+  original = inference.Grid(tuple(volume.shape), affine)
   model_volume, grid = impl["to_model_grid"](volume, affine, spacing)
   t["load_resample"] = time.perf_counter() - t0
   t["resample"] = t["load_resample"] - t["load"]

@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dassemble_jax.segmentation import predict
+from dassemble_jax.segmentation import inference
 from dassemble_jax.segmentation import sliding_window as sw
 
 
@@ -105,7 +105,7 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
       for compress in (True, False):
         t0 = time.perf_counter()
-        predict.save_per_class(os.path.join(tmp, str(compress)), masks, np.eye(4), names,
+        inference.save_per_class(os.path.join(tmp, str(compress)), masks, np.eye(4), names,
                                compress=compress)
         dt = time.perf_counter() - t0
         print(f"save_per_class ({'gzip level 1' if compress else 'uncompressed'}): "

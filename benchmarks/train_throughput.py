@@ -22,8 +22,10 @@ import time
 import jax
 
 from configs import mnist_odd_even
-from dassemble_jax import sharding, train
-from dassemble_jax.data import arrayrecord_io, pipeline, prepare
+from dassemble_jax import sharding
+from dassemble_jax.classification import trainer
+from dassemble_jax.data import arrayrecord_io, pipeline
+from dassemble_jax.classification import prepare
 
 
 def log(msg):
@@ -51,9 +53,9 @@ def main():
   n = arrayrecord_io.read_manifest(data_dir)["splits"]["train"]["num_records"]
   steps = n // args.batch
   mesh = sharding.make_mesh()
-  tx = train.build_optimizer(c, steps * args.epochs)
-  state, train_def, _ = train.init_state(c, 10, 1, tx, mesh)
-  step = train.make_train_step(c, train_def, tx, mesh)
+  tx = trainer.build_optimizer(c, steps * args.epochs)
+  state, train_def, _ = trainer.init_state(c, 10, 1, tx, mesh)
+  step = trainer.make_train_step(c, train_def, tx, mesh)
   result = {"device": f"{jax.devices()[0].device_kind} x{jax.device_count()}",
             "platform": jax.default_backend(), "images_per_epoch": steps * args.batch,
             "batch": args.batch, "dtype": args.dtype, "model_widths": list(c.model.widths)}
@@ -61,12 +63,12 @@ def main():
   # Resident, both epoch forms: one compiled lax.scan per epoch, and a loop of jitted steps.
   arrays = arrayrecord_io.load_split_arrays(data_dir, "train")
   resident = sharding.put_replicated({k: arrays[k] for k in ("image", "targets", "known")}, mesh)
-  epoch_fn = jax.jit(train.make_epoch_fn(c, step, steps, args.batch), donate_argnums=0)
+  epoch_fn = jax.jit(trainer.make_epoch_fn(c, step, steps, args.batch), donate_argnums=0)
   t0 = time.perf_counter()
   compiled = epoch_fn.lower(state, resident, 0).compile()
   result["compile_epoch_s"] = time.perf_counter() - t0
   log(f"epoch program compiled in {result['compile_epoch_s']:.1f} s")
-  loop_fn = train.make_resident_loop_fn(c, step, steps, args.batch)
+  loop_fn = trainer.make_resident_loop_fn(c, step, steps, args.batch)
   for name, fn in (("resident_scan", compiled), ("resident_loop", loop_fn)):
     state, _ = fn(state, resident, 0)  # warm-up (compiles the loop's step)
     jax.block_until_ready(state)

@@ -28,10 +28,10 @@ from flax import nnx
 
 from benchmarks.universal_step import _config, _host_batch, add_model_args
 from dassemble_jax import sharding
-from dassemble_jax.ct import augment as ct_augment
+from dassemble_jax.ct import volume_augment as ct_augment
 from dassemble_jax.segmentation import fused_heads
-from dassemble_jax.segmentation import losses as seg_losses
-from dassemble_jax.segmentation import train as seg_train
+from dassemble_jax.segmentation import seg_losses
+from dassemble_jax.segmentation import train_loop as seg_train
 
 
 def _median_time(fn, *args, steps: int) -> float:

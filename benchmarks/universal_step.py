@@ -39,9 +39,9 @@ from dassemble_jax import sharding  # noqa: E402
 from dassemble_jax.ct import phantom, taxonomy  # noqa: E402
 from dassemble_jax.segmentation import evaluate  # noqa: E402
 from dassemble_jax.segmentation import postprocess as pp  # noqa: E402
-from dassemble_jax.segmentation import predict as seg_predict  # noqa: E402
+from dassemble_jax.segmentation import inference as seg_predict
 from dassemble_jax.segmentation import sliding_window as sw  # noqa: E402
-from dassemble_jax.segmentation import train as seg_train  # noqa: E402
+from dassemble_jax.segmentation import train_loop as seg_train
 
 
 def _config(a):

@@ -6,7 +6,7 @@ Tested on all 10,000 CIFAR-10 test images, every class known.
 
   python -m dassemble_jax.main --config=configs/cifar_assemble.py:D0+D1 --workdir=/tmp/c \
       --config.data.path=/data/cifar-10-batches-py
-  python -m dassemble_jax.experiments.tables --table=cifar --workdir=/tmp/ct \
+  python -m dassemble_jax.jobs.tables --table=cifar --workdir=/tmp/ct \
       --data_path=/data/cifar-10-batches-py
   python -m dassemble_jax.main --config=configs/cifar_assemble.py:full,tiny --workdir=/tmp/t
 
@@ -19,7 +19,7 @@ patch-whitening conv, three conv groups 64/256/256); the loss and optimiser stay
 CIFAR-10 cannot be fetched on the development machines: pass the pickle folder (or prepare TFDS).
 """
 
-from dassemble_jax import config_base
+from dassemble_jax.classification import config_base
 
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
            "truck")

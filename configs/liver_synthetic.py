@@ -7,7 +7,7 @@
       --config.data.real_shard_dirs='("/shards/lits",)' \
       --config.data.test_dirs='("/shards_test/msd_task03_liver",)'
 
-Two models with the same budget (dassemble_jax/synth/train_job.py):
+Two models with the same budget (dassemble_jax/jobs/liver_synthetic.py):
   'synthetic'  trained on healthy-liver sources only, tumors inserted on the device inside the
                train step (config.synth, the anchor's generator and p = 0.9);
   'real'       the same model trained on the real-tumor source (LiTS-like).
@@ -21,7 +21,7 @@ workdir/liver_synthetic.json.
 Default (phantom): the universal config's 5 mm voxels, 24^3 crops and small U-Net, 150 steps per
 model: a few minutes on 2 CPU cores. (At 3 mm, 24^3 crops hold too little context: 120 steps
 gave liver DSC ~0.4 for both models.) Lesions of the 0-5 mm bin are at most a few voxels here.
-':tiny': the same code path in seconds (used by tests/test_liver_synthetic.py).
+':tiny': the same code path in seconds (used by tests/jobs/test_liver_synthetic.py).
 """
 
 import ml_collections

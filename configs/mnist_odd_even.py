@@ -11,7 +11,7 @@ class measures how well it is told apart from every other digit.
 Settings: D0 (odd digits only; outputs 1,3,5,7,9), D1 (even only), D0+D1 (assembled, 10 outputs).
 """
 
-from dassemble_jax import config_base
+from dassemble_jax.classification import config_base
 
 ODD, EVEN = (1, 3, 5, 7, 9), (0, 2, 4, 6, 8)
 # Per-source subset: 500 training + 250 validation images. Small on purpose: with all 30k

@@ -9,7 +9,7 @@ Settings: D0, D1, partial (D0+D1 assembled with partial labels), full (the same 
 every one of the 7 classes annotated in both sources: the upper bound).
 """
 
-from dassemble_jax import config_base
+from dassemble_jax.classification import config_base
 
 D0_DIGITS, D1_DIGITS = (1, 2, 3, 4, 5), (3, 4, 5, 6, 7)
 ALL = tuple(range(1, 8))

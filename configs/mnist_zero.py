@@ -8,7 +8,7 @@ the AUC of "0".
   python -m dassemble_jax.main --config=configs/mnist_zero.py:all --workdir=/tmp/a
 """
 
-from dassemble_jax import config_base
+from dassemble_jax.classification import config_base
 
 DIGITS = tuple(range(10))
 NUM_TRAIN, NUM_VAL = 1000, 500

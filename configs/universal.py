@@ -67,7 +67,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # Host window = crop + 2 * jitter per axis; the device takes a random crop inside it.
   c.data.jitter = 2
 
-  # --- augmentation on the device (ct/augment.py) ----------------------------------------------
+  # --- augmentation on the device (ct/volume_augment.py) ----------------------------------------------
   c.augment = ml_collections.ConfigDict()
   c.augment.rot90_prob = 0.1
   c.augment.shift_prob = 0.2

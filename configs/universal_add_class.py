@@ -7,7 +7,7 @@
       --config.data.shard_dirs='("/shards/kits19", "/shards/btcv", "/shards/lits")' \
       --config.data.test_dirs='("/shards_test/kits19", "/shards_test/btcv")'
 
-Three models (dassemble_jax/segmentation/add_class_job.py): 'pretrained' on sources that never
+Three models (dassemble_jax/jobs/add_class.py): 'pretrained' on sources that never
 annotate the new class (or the run named by `init_from`), 'finetuned' from it on the sources
 that do plus, with `add_class.rehearse`, the pretraining ones, and 'scratch' on the same sources
 from a random start with the same steps. On the phantom, the new class is the kidney tumor: the
@@ -20,7 +20,7 @@ dassemble_jax.ct.convert`, its label map in `ct/datasets.py`), then run this con
 `init_from` and `data.shard_dirs` as above, adding old datasets to `shard_dirs` to rehearse the
 old classes (without them the old classes leave the loss and are forgotten; the held-out table
 shows what they kept). The output space is the taxonomy's 32 classes (32-bit label masks).
-':tiny': the same code path in seconds (tests/test_add_class.py).
+':tiny': the same code path in seconds (tests/jobs/test_add_class.py).
 """
 
 import ml_collections

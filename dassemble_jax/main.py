@@ -40,17 +40,17 @@ def main(argv):
   config = _CONFIG.value
   job = config.get("job", "classification")
   if job == "classification":
-    from dassemble_jax import train
-    train.train_and_evaluate(config, _WORKDIR.value)
+    from dassemble_jax.classification import trainer
+    trainer.train_and_evaluate(config, _WORKDIR.value)
   elif job == "universal":
-    from dassemble_jax.segmentation import job as universal_job
+    from dassemble_jax.jobs import universal as universal_job
     universal_job.run(config, _WORKDIR.value)
   elif job == "universal_add_class":
-    from dassemble_jax.segmentation import add_class_job
-    add_class_job.run(config, _WORKDIR.value)
+    from dassemble_jax.jobs import add_class
+    add_class.run(config, _WORKDIR.value)
   elif job == "liver_synthetic":
-    from dassemble_jax.synth import train_job
-    train_job.run(config, _WORKDIR.value)
+    from dassemble_jax.jobs import liver_synthetic
+    liver_synthetic.run(config, _WORKDIR.value)
   else:
     raise app.UsageError(f"unknown job {job!r} in the config")
 

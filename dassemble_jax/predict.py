@@ -84,7 +84,7 @@ def restore_run(workdir: str, checkpoint: str = "best") -> RestoredRun:
   from dassemble_jax import checkpointing, sharding
   from dassemble_jax.ct import taxonomy
   from dassemble_jax.models import text_encoder
-  from dassemble_jax.segmentation import train as seg_train
+  from dassemble_jax.segmentation import train_loop as seg_train
 
   paths = {name: os.path.join(workdir, name) for name in
            ("config.json", seg_train.EMBEDDINGS_FILE, seg_train.TRAINED_CLASSES_FILE)}
@@ -146,7 +146,7 @@ def load_model(workdir: str, checkpoint: str = "best") -> LoadedModel:
 def predict_with(loaded: LoadedModel, inputs, output, *, per_class: bool = False,
                  **overrides) -> Iterator:
   """`segmentation.predict.predict_paths` with the loaded model; yields ScanResults."""
-  from dassemble_jax.segmentation import predict as seg_predict
+  from dassemble_jax.segmentation import inference as seg_predict
   kwargs = {**loaded.predict_kwargs, **overrides}
   return seg_predict.predict_paths(loaded.apply_fn, inputs, output, per_class=per_class,
                                    class_names=loaded.class_names, params=loaded.variables,
@@ -155,7 +155,7 @@ def predict_with(loaded: LoadedModel, inputs, output, *, per_class: bool = False
 
 def predict_file(loaded: LoadedModel, in_path, out_path, **overrides):
   """One scan to an explicit output path (for inputs whose file names repeat, e.g. KiTS)."""
-  from dassemble_jax.segmentation import predict as seg_predict
+  from dassemble_jax.segmentation import inference as seg_predict
   kwargs = {**loaded.predict_kwargs, **overrides}
   return seg_predict.predict_file(loaded.apply_fn, in_path, out_path, params=loaded.variables,
                                   class_names=loaded.class_names, **kwargs)
@@ -187,7 +187,7 @@ def main(argv):
   print(f"model {_FLAGS['workdir'].value} ({_FLAGS['checkpoint'].value} checkpoint: step "
         f"{loaded.step}, {loaded.config.model.backbone})", flush=True)
   try:
-    from dassemble_jax.segmentation.predict import find_inputs
+    from dassemble_jax.segmentation.inference import find_inputs
     total = len(find_inputs(_FLAGS["input"].value))
     start = time.perf_counter()
     for i, result in enumerate(predict_with(loaded, _FLAGS["input"].value,

@@ -9,7 +9,7 @@ kernel size equal to stride (2), the output windows do not overlap, so every out
 
 That is one (B*D*H*W, C) x (C, 8*O) matmul followed by a reshape/transpose that interleaves the
 2x2x2 taps into space. Forward and backward are plain dot_generals, which every backend runs at
-matmul speed. `tests/test_upsample.py` proves equality with `nnx.ConvTranspose` and with PyTorch's
+matmul speed. `tests/models/test_upsample.py` proves equality with `nnx.ConvTranspose` and with PyTorch's
 ConvTranspose3d definition, forward and gradient.
 
 Kernel layout: (2, 2, 2, in, out) indexed by the output offset (i, j, k). That is PyTorch's

@@ -30,8 +30,8 @@ from flax import nnx
 
 from dassemble_jax.ct import taxonomy
 from dassemble_jax.data import arrayrecord_io
-from dassemble_jax.segmentation import metrics as seg_metrics
-from dassemble_jax.segmentation import predict as seg_predict
+from dassemble_jax.segmentation import seg_metrics
+from dassemble_jax.segmentation import inference as seg_predict
 
 CLASS_NAMES = [c.name for c in taxonomy.CLASSES]
 
@@ -144,7 +144,7 @@ def trained_classes(config) -> np.ndarray:
 
 def run_trained_classes(run_dir: str) -> np.ndarray:
   """(32,) bool: the classes a training folder's model was taught (its trained_classes.json)."""
-  from dassemble_jax.segmentation import train as seg_train
+  from dassemble_jax.segmentation import train_loop as seg_train
   path = os.path.join(run_dir, seg_train.TRAINED_CLASSES_FILE)
   try:
     with open(path) as f:

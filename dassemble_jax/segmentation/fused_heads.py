@@ -11,7 +11,7 @@ loss needs: per (sample, class) sums
   stats[b, k] = (sum_s bce(z, y), sum_s sigmoid(z) * y, sum_s sigmoid(z), sum_s y)
 
 where z are the logits and y the class's bit of the packed uint32 label. The Masked BCE + Dice
-(`losses.partial_label_loss`) is a function of these sums alone, so it is computed from them in
+(`seg_losses.partial_label_loss`) is a function of these sums alone, so it is computed from them in
 plain JAX. The backward kernel recomputes the tile's activations, turns d(loss)/d(stats) into
 d(loss)/dz per voxel, and back-propagates through the three layers, accumulating the generated
 weights' gradients per program. Nothing of size voxels x classes ever reaches memory.
@@ -37,7 +37,7 @@ import numpy as np
 from jax.experimental import pallas as pl
 
 from dassemble_jax.models import universal_head as uh
-from dassemble_jax.segmentation import losses
+from dassemble_jax.segmentation import seg_losses
 
 GROUP = 16          # classes per kernel group: 16 x 8 hidden channels = 128-wide tiles
 WIDTH = GROUP * uh.HEAD_CHANNELS  # 128
@@ -378,18 +378,18 @@ def head_loss_stats(features: jax.Array, theta: jax.Array, bits: jax.Array, *,
 
 def loss_from_stats(stats: jax.Array, annotated: jax.Array, num_voxels: int, *,
                     smooth: float = 1.0, bce_weight: float = 1.0,
-                    dice_weight: float = 1.0) -> losses.SegLoss:
-  """`losses.partial_label_loss` from the per-pair sums: the same numbers (tested)."""
+                    dice_weight: float = 1.0) -> seg_losses.SegLoss:
+  """`seg_losses.partial_label_loss` from the per-pair sums: the same numbers (tested)."""
   mask = annotated.astype(jnp.float32)
   bce_sum, inter, prob_sum, label_sum = (stats[..., j] for j in range(NUM_STATS))
-  bce = losses.masked_mean(bce_sum / num_voxels, mask)
-  dice = losses.masked_mean(1.0 - 2.0 * inter / (prob_sum + label_sum + smooth), mask)
-  return losses.SegLoss(total=bce_weight * bce + dice_weight * dice, bce=bce, dice=dice,
+  bce = seg_losses.masked_mean(bce_sum / num_voxels, mask)
+  dice = seg_losses.masked_mean(1.0 - 2.0 * inter / (prob_sum + label_sum + smooth), mask)
+  return seg_losses.SegLoss(total=bce_weight * bce + dice_weight * dice, bce=bce, dice=dice,
                         num_pairs=jnp.sum(mask))
 
 
 def partial_label_loss_from_heads(features, theta, bits, annotated, *, impl: str = "auto",
-                                  kernel=DEFAULT_KERNEL, mesh=None) -> losses.SegLoss:
+                                  kernel=DEFAULT_KERNEL, mesh=None) -> seg_losses.SegLoss:
   """Masked BCE + Dice of the dynamic heads' logits without materialising them."""
   stats = head_loss_stats(features, theta, bits, impl=impl, kernel=kernel, mesh=mesh)
   num_voxels = int(np.prod(features.shape[1:-1]))

@@ -4,8 +4,8 @@
 generator; `SynthConfig` holds every controllable property. In a jitted training step call
 `synthesize_batch(key, ct, liver, spacing, cfg, eligible=healthy)` on the (B, X, Y, Z) batch;
 for whole scans `synthesize_tumors_roi` works in a static box around the liver. Commands:
-`python -m dassemble_jax.synth.overlay` (look at tumors in a real CT) and
-`python -m dassemble_jax.synth.sweep` (a robustness evaluation set, one property at a time).
+`python -m dassemble_jax.jobs.synth_overlay` (look at tumors in a real CT) and
+`python -m dassemble_jax.jobs.synth_sweep` (a robustness evaluation set, one property at a time).
 """
 
 from dassemble_jax.synth.config import SynthConfig, TumorKind, anchor_training_config

@@ -1,6 +1,6 @@
 """Synthetic liver tumors inside the jitted train step: config, eligibility, the batch transform.
 
-The train step (segmentation/train.py) calls `synthesize_window_batch` on the host batch before
+The train step (segmentation/train_loop.py) calls `synthesize_window_batch` on the host batch before
 the on-device crop and augmentation, i.e. on the window the host sent, at the voxel spacing of
 the converted data (`config.data.spacing`, mm). What it does to a batch, per sample:
   * eligible (a healthy-liver source: it annotates the liver but not liver tumors, or one named

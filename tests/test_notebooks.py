@@ -6,7 +6,7 @@ import nbclient
 import nbformat
 
 from tests.fake_mnist import write_fake_mnist
-from tests.test_experiments import write_cifar_pickles
+from tests.fake_cifar import write_cifar_pickles
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 

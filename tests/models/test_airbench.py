@@ -10,7 +10,7 @@ from configs import cifar_assemble
 from dassemble_jax import sharding
 from dassemble_jax.classification import trainer
 from dassemble_jax.models import airbench
-from tests.test_experiments import write_cifar_pickles
+from tests.fake_cifar import write_cifar_pickles
 
 SMALL = (8, 16, 16)
 

@@ -1,7 +1,6 @@
 """Table runners on tiny configs: files written, Example II statistics, CIFAR from real pickles."""
 
 import json
-import pickle
 
 import numpy as np
 import pytest

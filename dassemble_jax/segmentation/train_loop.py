@@ -94,15 +94,12 @@ def build_model(config, embed_dim: int, *, rngs: nnx.Rngs) -> UniversalModel:
 
 
 def build_optimizer(config) -> optax.GradientTransformation:
+  from dassemble_jax import optimizer  # pylint: disable=import-outside-toplevel
   total = int(config.num_steps)
-  warmup = max(1, min(int(config.warmup_steps), total - 1))
-  schedule = optax.warmup_cosine_decay_schedule(
-      0.0, config.learning_rate, warmup_steps=warmup, decay_steps=max(total, warmup + 1),
-      end_value=config.learning_rate * 1e-2)
-  # No weight decay on biases and norm scales (1-D parameters).
-  decay_mask = lambda params: jax.tree.map(lambda p: p.ndim > 1, params)
-  return optax.chain(optax.clip_by_global_norm(config.grad_clip_norm),
-                     optax.adamw(schedule, weight_decay=config.weight_decay, mask=decay_mask))
+  return optimizer.adamw_cosine(
+      learning_rate=config.learning_rate, total_steps=total,
+      warmup_steps=max(1, min(int(config.warmup_steps), total - 1)),
+      weight_decay=config.weight_decay, grad_clip_norm=config.grad_clip_norm)
 
 
 def augment_config(config) -> ct_augment.AugmentConfig:

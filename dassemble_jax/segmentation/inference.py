@@ -298,7 +298,7 @@ def _threshold_bits_on_device(probs, thresholds):
 
 def predict_volume(apply_fn: Callable[[Any, jax.Array], jax.Array], volume: np.ndarray, *,
                    params: Any = None, window: Sequence[int] = (96, 96, 96),
-                   overlap: float = 0.5, sw_batch_size: int = 4,
+                   overlap: float = 0.5, sw_batch_size: int = 4, sigma_scale: float = 0.125,
                    thresholds: float | Sequence[float] = 0.5, affine: np.ndarray | None = None,
                    postprocess: bool = True, accumulate_on: sw.Accumulate = "auto",
                    packed: bool | None = False, **postprocess_kwargs) -> np.ndarray:
@@ -308,7 +308,8 @@ def predict_volume(apply_fn: Callable[[Any, jax.Array], jax.Array], volume: np.n
     apply_fn: `apply_fn(params, windows)`, (n, d, h, w, 1) -> (n, d, h, w, C) logits.
     volume: (X, Y, Z) model-ready volume (RAS, model spacing, intensities scaled).
     params: the model's parameters, passed to apply_fn.
-    window, overlap, sw_batch_size, accumulate_on: see `sliding_window_inference`.
+    window, overlap, sw_batch_size, sigma_scale, accumulate_on: see
+      `sliding_window_inference` (`inference_spec.InferenceSpec` holds a config's).
     thresholds: one probability threshold, or (C,) per class.
     affine: the volume's voxel -> RAS affine (left/right decisions); None = RAS array order.
     postprocess: run `postprocess.postprocess` (LCC, lung split, host-filtered lesions).
@@ -319,7 +320,8 @@ def predict_volume(apply_fn: Callable[[Any, jax.Array], jax.Array], volume: np.n
   """
   probs = sw.sliding_window_inference(apply_fn, volume, params=params, window=window,
                                       overlap=overlap, sw_batch_size=sw_batch_size,
-                                      output="probs", accumulate_on=accumulate_on)
+                                      sigma_scale=sigma_scale, output="probs",
+                                      accumulate_on=accumulate_on)
   c = probs.shape[-1]
   if packed and c > 32:
     raise ValueError(f"packed masks hold at most 32 classes, the model has {c}")

@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks.unet_breakdown import _median_time
-from dassemble_jax.ct import volume_augment as ct_augment
+from dassemble_jax.ct import bitmask
 from dassemble_jax.models import universal_head as uh
 from dassemble_jax.segmentation import fused_heads
 from dassemble_jax.segmentation import seg_losses
@@ -44,7 +44,7 @@ def make_loss(impl: str, bits, annotated, kernel=None):
 
   def loss(f, theta):
     logits = uh.HEAD_IMPLS[impl](f, theta)
-    targets = ct_augment.unpack_bits(bits)[..., : theta.shape[1]]  # (B, D, H, W, K)
+    targets = bitmask.unpack_jax(bits)[..., : theta.shape[1]]  # (B, D, H, W, K)
     return seg_losses.partial_label_loss(logits, targets, annotated).total
   return loss
 

@@ -5,7 +5,7 @@
     .venv/bin/python benchmarks/predict_host.py --reference --repeats=3   # min of 3 runs each
     .venv/bin/python benchmarks/predict_host.py --file_shape=128,128,80 --reference   # quick
 
-The stages of `segmentation.predict.predict_file` that run on the host, the model left out:
+The stages of `segmentation.inference.predict_file` that run on the host, the model left out:
   load_resample  read a gzip NIfTI (int16, `--file_shape` at `--file_spacing` mm) and bring it to
                  the model grid (RAS, `--spacing` mm, HU window);
   postprocess    `postprocess.postprocess` on phantom organ + tumor masks of the model grid's shape
@@ -35,9 +35,9 @@ import nibabel as nib  # noqa: E402
 import numpy as np  # noqa: E402
 from scipy import ndimage  # noqa: E402
 
-from dassemble_jax.ct import nifti_io, preprocess, resample, taxonomy  # noqa: E402
+from dassemble_jax.ct import bitmask, nifti_io, preprocess, resample, taxonomy  # noqa: E402
+from dassemble_jax.segmentation import inference  # noqa: E402
 from dassemble_jax.segmentation import postprocess as pp  # noqa: E402
-from dassemble_jax.segmentation import inference
 
 # ---------------------------------------------------------------------------------------------
 # Reference: postprocess.py and inference.py as of commit 1ca273f (before the host-speed rewrite).
@@ -80,7 +80,7 @@ def _ref_world_x(points, affine):
   return points @ affine[0, :3] + affine[0, 3]
 
 
-def ref_split_left_right(mask, affine=None):
+def ref_keep_two_largest_by_side(mask, affine=None):
   mask = np.asarray(mask, bool)
   right, left = np.zeros_like(mask), np.zeros_like(mask)
   box = _ref_bbox(mask)
@@ -112,7 +112,7 @@ def ref_split_lungs(masks, affine=None):
     return masks
   _, n = ndimage.label(union[box], structure=_FULL)
   if n >= 2:
-    masks[..., r], masks[..., l] = ref_split_left_right(union, affine)
+    masks[..., r], masks[..., l] = ref_keep_two_largest_by_side(union, affine)
   else:
     masks[..., r] &= union
     masks[..., l] &= union
@@ -175,10 +175,33 @@ def ref_masks_to_label_map(masks):
   return labels
 
 
+def ref_resample_to_spacing(data, affine, spacing, *, order, out_dtype=None):
+  # ct/resample.py's SciPy version, before prediction's separable one replaced it there.
+  spacing = np.broadcast_to(np.asarray(spacing, np.float64), (3,))
+  old = nifti_io.voxel_sizes(affine)
+  scale = spacing / old
+  new_affine = np.array(affine, np.float64)
+  new_affine[:3, :3] = affine[:3, :3] * scale[None, :]
+  shape = resample.resampled_shape(data.shape, old, spacing)
+  if np.allclose(scale, 1.0) and shape == data.shape:
+    return data.astype(out_dtype or data.dtype, copy=False), new_affine
+  out = ndimage.affine_transform(data, scale, output_shape=shape, order=order, mode="nearest",
+                                 output=out_dtype or data.dtype, prefilter=False)
+  return out, new_affine
+
+
+def _ref_scipy_to_original_grid(data, affine, original_affine, original_shape):
+  # ct/resample.py's SciPy version (mode 'constant'), before prediction's moved there.
+  mapping = np.linalg.inv(affine) @ np.asarray(original_affine, np.float64)
+  return ndimage.affine_transform(data, mapping[:3, :3], offset=mapping[:3, 3],
+                                  output_shape=tuple(int(n) for n in original_shape),
+                                  order=0, mode="constant", cval=0.0, prefilter=False)
+
+
 def ref_to_model_grid(volume, affine, spacing):
   ras, ras_affine = nifti_io.reorient_to_ras(volume, affine)
-  res, res_affine = resample.resample_to_spacing(ras, ras_affine, spacing, order=1,
-                                                 out_dtype=np.float32)
+  res, res_affine = ref_resample_to_spacing(ras, ras_affine, spacing, order=1,
+                                            out_dtype=np.float32)
   return preprocess.scale_hu(res), inference.Grid(tuple(res.shape), res_affine)
 
 
@@ -196,9 +219,9 @@ def ref_to_original_grid(data, model, original):
   axes = _ref_axis_aligned_map(mapping)
   if axes is None:
     if data.ndim == 3:
-      return resample.to_original_grid(data, model.affine, original.affine, original.shape)
-    return np.stack([resample.to_original_grid(data[..., k], model.affine, original.affine,
-                                               original.shape)
+      return _ref_scipy_to_original_grid(data, model.affine, original.affine, original.shape)
+    return np.stack([_ref_scipy_to_original_grid(data[..., k], model.affine, original.affine,
+                                                 original.shape)
                      for k in range(data.shape[-1])], -1)
   reverse = data.ndim == 3
   out_shape = tuple(original.shape[::-1]) if reverse else tuple(original.shape)
@@ -241,7 +264,7 @@ REFERENCE["prepare"] = lambda masks: masks
 # What predict_file does now: the int16 scan read as is; masks packed to (X, Y, Z) uint32 (on the
 # device in predict_file, so timed apart here: "pack"), post-processed and drawn packed.
 NEW = dict(load=lambda path: inference.load_nifti_for_prediction(path, dtype=None),
-           to_model_grid=inference.to_model_grid, prepare=pp.pack_masks,
+           to_model_grid=inference.to_model_grid, prepare=bitmask.pack,
            postprocess=lambda bits, affine: pp.postprocess_bits(bits, 32, affine, copy=False),
            label_map=pp.bits_to_label_map, to_original_grid=inference.to_original_grid,
            save=inference.save_label_map)
@@ -349,7 +372,7 @@ def main():
                          for k in STAGES}
     result["max_abs_diff_model_volume"] = float(np.max(np.abs(
         new["model_volume"] - ref["model_volume"])))
-    result["same_masks"] = bool(np.array_equal(pp.unpack_bits(new["post"], 32), ref["post"]))
+    result["same_masks"] = bool(np.array_equal(bitmask.unpack(new["post"], 32), ref["post"]))
     t0 = time.perf_counter()
     api = pp.postprocess(masks, new["grid"].affine)
     result["postprocess_masks_api_s"] = round(time.perf_counter() - t0, 3)

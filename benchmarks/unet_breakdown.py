@@ -28,7 +28,7 @@ from flax import nnx
 
 from benchmarks.universal_step import _config, _host_batch, add_model_args
 from dassemble_jax import sharding
-from dassemble_jax.ct import volume_augment as ct_augment
+from dassemble_jax.ct import bitmask
 from dassemble_jax.segmentation import fused_heads
 from dassemble_jax.segmentation import seg_losses
 from dassemble_jax.segmentation import train_loop as seg_train
@@ -59,7 +59,7 @@ def main():
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
   x = jnp.asarray(rng.random((b, n, n, n, 1), np.float32)).astype(dtype)
   raw_bits = jnp.asarray(rng.integers(0, 2**20, (b, n, n, n), dtype=np.uint32))
-  labels = ct_augment.unpack_bits(raw_bits)  # (B, X, Y, Z, 32) float32, as the step gets them
+  labels = bitmask.unpack_jax(raw_bits)  # (B, X, Y, Z, 32) float32, as the step gets them
   annotated = jnp.ones((b, 32), jnp.uint8)
 
   def backbone_loss(params, rest, x):

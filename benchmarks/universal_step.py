@@ -36,7 +36,7 @@ import numpy as np  # noqa: E402
 
 from configs import universal  # noqa: E402
 from dassemble_jax import sharding  # noqa: E402
-from dassemble_jax.ct import phantom, taxonomy  # noqa: E402
+from dassemble_jax.ct import bitmask, phantom, taxonomy  # noqa: E402
 from dassemble_jax.segmentation import evaluate  # noqa: E402
 from dassemble_jax.segmentation import postprocess as pp  # noqa: E402
 from dassemble_jax.segmentation import inference as seg_predict
@@ -121,7 +121,7 @@ def _time_grid(a, apply_fn, kw, vol, shape) -> dict:
   del probs
   # 3. Post-processing (host) of organ-like masks of this size, packed as predict_file has them.
   _log(f"sliding window {out['sliding_window_s']:.2f} s; post-processing phantom masks")
-  bits = pp.pack_masks(phantom_masks(shape))
+  bits = bitmask.pack(phantom_masks(shape))
   t0 = time.perf_counter()
   pp.postprocess_bits(bits, 32, copy=False)
   out["postprocess_s"] = time.perf_counter() - t0
@@ -162,7 +162,7 @@ def _time_file(a, c, apply_fn, kw, shape, rng) -> dict:
   bits = np.array(seg_predict._threshold_bits_on_device(probs, jnp.full((32,), 0.5)))
   stages["model_threshold"] = time.perf_counter() - t0
   del probs
-  bits = pp.pack_masks(phantom_masks(bits.shape))  # the swap (untimed)
+  bits = bitmask.pack(phantom_masks(bits.shape))  # the swap (untimed)
   t0 = time.perf_counter()
   bits = pp.postprocess_bits(bits, 32, model_grid.affine, copy=False)
   stages["postprocess"] = time.perf_counter() - t0

@@ -43,6 +43,7 @@ import numpy as np
 from dassemble_jax.ct import datasets, layouts, nifti_io, preprocess, resample, taxonomy
 from dassemble_jax.ct.nifti_io import CaseError
 from dassemble_jax.data.arrayrecord_io import DatasetWriter
+from dassemble_jax.progress import Progress
 
 KIND = "dassemble_jax.ct/1"
 # Two corresponding files may disagree in the last float bits of their affines.
@@ -90,16 +91,13 @@ def convert_case(case: layouts.Case, spec: datasets.DatasetSpec, spacing=1.5, *,
     raise CaseError(f"{case.image}: unsupported voxel type {image.dtype}")
   original_shape, original_affine = image.shape, affine
   label, names = _load_label(case, spec, image.shape, affine)
-  image = image.astype(np.float32, copy=False)
-  if not np.all(np.isfinite(image)):
+  if image.dtype.kind == "f" and not np.all(np.isfinite(image)):
     raise CaseError(f"{case.image}: {int(np.sum(~np.isfinite(image)))} NaN or infinite voxels")
 
-  image, ras_affine = nifti_io.reorient_to_ras(image, affine)
-  label, _ = nifti_io.reorient_to_ras(label, affine)
-  image, new_affine = resample.resample_to_spacing(image, ras_affine, spacing, order=1,
-                                                   out_dtype=np.float32)
+  # The image exactly as prediction prepares a scan; the label resampled on the same grid.
+  image01, new_affine = preprocess.prepare_image(image, affine, spacing)
+  label, ras_affine = nifti_io.ras_view(label, affine)
   label, _ = resample.resample_to_spacing(label, ras_affine, spacing, order=0)
-  image01 = preprocess.scale_hu(image)
   where = str(case.label or case.label_files[0][1].parent)
   bits, annotated = preprocess.map_labels(label, spec, new_affine, names=names, where=where)
   box = preprocess.body_box(image01, bits, where=str(case.image))
@@ -133,28 +131,6 @@ def _work(args):
     return case, None, str(e)
   except Exception as e:  # pylint: disable=broad-except  # Reported with the case's files.
     return case, None, f"{', '.join(case.files)}: {type(e).__name__}: {e}"
-
-
-class _Progress:
-  """One status line on stderr: done/total, cases/s, ETA, last case."""
-
-  def __init__(self, total: int, enabled: bool):
-    self.total, self.enabled, self.start, self.done = total, enabled, time.monotonic(), 0
-
-  def step(self, name: str) -> None:
-    self.done += 1
-    if not self.enabled:
-      return
-    elapsed = time.monotonic() - self.start
-    rate = self.done / max(elapsed, 1e-9)
-    eta = (self.total - self.done) / max(rate, 1e-9)
-    width = 30
-    bar = "#" * int(width * self.done / max(self.total, 1))
-    print(f"\r[{bar:<{width}}] {self.done}/{self.total} {rate:.2f} case/s "
-          f"ETA {int(eta) // 60}:{int(eta) % 60:02d} {name[:30]:<30}", end="", file=sys.stderr,
-          flush=True)
-    if self.done == self.total:
-      print(file=sys.stderr)
 
 
 def split_of(case_id: str, val_fraction: float) -> str:
@@ -192,26 +168,33 @@ def convert_dataset(spec: datasets.DatasetSpec | str, input_dir, output_dir, *,
   shards = shards or max(1, min(16, len(cases) // 8))
   jobs = [(c, spec, spacing_list, seed, max_centres) for c in cases]
   case_ids: dict[str, list[str]] = {}
-  bar = _Progress(len(cases), progress)
+  # done/total, cases/s, ETA and the last case on stderr (a bar on a terminal, lines elsewhere).
+  bar = (Progress(len(cases), unit="cases", prefix="convert", stream=sys.stderr)
+         if progress else None)
   start = time.monotonic()
-  with DatasetWriter(output_dir, shards_per_split=shards, overwrite=overwrite) as writer:
-    for case, record, error in _run(jobs, workers):
-      bar.step(case.case_id)
-      if error is not None:
-        if on_error == "fail":
-          raise ConversionError(f"case {case.case_id}: {error}")
-        skipped.append({"case": case.case_id, "files": case.files, "error": error})
-        continue
-      split = split_of(case.case_id, val_fraction)
-      ids = case_ids.setdefault(split, [])
-      record["source"] = np.int32(0)
-      record["case_index"] = np.int32(len(ids))
-      ids.append(case.case_id)
-      writer.add(split, record)
-    if not case_ids:
-      raise ConversionError(f"{input_dir}: every case failed; first: {skipped[0]['error']}")
-    manifest = _manifest(spec, spacing_list, case_ids, skipped, time.monotonic() - start)
-    writer.close(manifest)
+  try:
+    with DatasetWriter(output_dir, shards_per_split=shards, overwrite=overwrite) as writer:
+      for done, (case, record, error) in enumerate(_run(jobs, workers), 1):
+        if bar is not None:
+          bar.report(done, case=case.case_id)
+        if error is not None:
+          if on_error == "fail":
+            raise ConversionError(f"case {case.case_id}: {error}")
+          skipped.append({"case": case.case_id, "files": case.files, "error": error})
+          continue
+        split = split_of(case.case_id, val_fraction)
+        ids = case_ids.setdefault(split, [])
+        record["source"] = np.int32(0)
+        record["case_index"] = np.int32(len(ids))
+        ids.append(case.case_id)
+        writer.add(split, record)
+      if not case_ids:
+        raise ConversionError(f"{input_dir}: every case failed; first: {skipped[0]['error']}")
+      manifest = _manifest(spec, spacing_list, case_ids, skipped, time.monotonic() - start)
+      writer.close(manifest)
+  finally:
+    if bar is not None:
+      bar.close()
   if skipped and progress:
     print(f"skipped {len(skipped)} bad case(s):", file=sys.stderr)
     for s in skipped:

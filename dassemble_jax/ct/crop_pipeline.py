@@ -28,7 +28,6 @@ import grain
 import jax
 import numpy as np
 
-from dassemble_jax.ct import taxonomy
 from dassemble_jax.data import arrayrecord_io
 from dassemble_jax.data.pipeline import RecordSource
 
@@ -208,8 +207,3 @@ def make_ct_dataset(dataset_dirs: Sequence[str | os.PathLike], *, split: str = "
 
 def source_names(dataset_dirs: Sequence[str | os.PathLike]) -> list[str]:
   return [arrayrecord_io.read_manifest(p)["sources"][0] for p in dataset_dirs]
-
-
-def unpack_label(bitmask: np.ndarray) -> np.ndarray:
-  """Host-side (NumPy) unpacking, for inspection and tests: (...) -> (..., 32) uint8."""
-  return taxonomy.unpack_bits(bitmask)

@@ -4,7 +4,7 @@ One `DatasetSpec` per dataset. `labels` maps a local label (a voxel value, or a 
 TotalSegmentator) to its target(s) in the universal taxonomy:
   * an int: a universal class id (1..32);
   * a str: a left/right pair of `taxonomy.PAIRS` ("kidney"), split per case by the two largest
-    connected components in RAS orientation (`preprocess.split_left_right`);
+    connected components in RAS orientation (`preprocess.split_pair_label`);
   * a tuple of those: the voxel belongs to all of them (TotalSegmentator's "kidney_cyst_left"
     is a kidney cyst and part of the left kidney);
   * 0: dropped (a class outside the taxonomy, e.g. CT-ORG's bone).

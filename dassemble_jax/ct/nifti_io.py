@@ -7,7 +7,7 @@ Gzip files (.nii.gz, what every public CT dataset ships) are inflated with ISA-L
 faster than nibabel's zlib read of a 512 x 512 x 300 CT (benchmarks/nifti_read.py): inflating is the largest
 host stage of whole-scan prediction. Uncompressed .nii files are memory-mapped by nibabel.
 
-Voxel order after `reorient_to_ras`: array axis 0 runs towards the patient's Right, axis 1
+Voxel order after `ras_view` / `reorient_to_ras`: array axis 0 runs towards the patient's Right, axis 1
 towards Anterior, axis 2 towards Superior (nibabel's RAS+ convention). The affine maps voxel
 indices to RAS+ world millimetres.
 """
@@ -16,20 +16,17 @@ from __future__ import annotations
 
 import os
 import pathlib
-import uuid
 
 import nibabel as nib
 import numpy as np
 from isal import igzip
 from nibabel import orientations
 
-try:
-  from dassemble_jax.data.errors import DataFormatError as _ErrorBase
-except ImportError:  # pragma: no cover - the shared error module may not exist in a checkout.
-  _ErrorBase = ValueError
+from dassemble_jax import atomic
+from dassemble_jax.data.errors import DataFormatError
 
 
-class CaseError(_ErrorBase):
+class CaseError(DataFormatError):
   """A case cannot be converted; the message names its file(s) and the problem."""
 
 
@@ -92,45 +89,41 @@ def _read_image(path: pathlib.Path):
 
 
 def save(path: str | os.PathLike, data: np.ndarray, affine: np.ndarray) -> None:
-  """Writes a NIfTI file atomically (temporary name, then rename).
+  """Writes a NIfTI file atomically (`atomic.temporary_path`: temporary name, then rename).
 
   .nii.gz is deflated with ISA-L at level 1: a 512 x 512 x 300 uint8 label map in 0.011 s
   instead of nibabel's (zlib) 0.100 s, and smaller (benchmarks/per_class_write.md). Data in
   Fortran order (NIfTI's x-fastest) is written without a transposed copy.
   """
-  path = pathlib.Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  suffix = ".nii.gz" if path.name.endswith(".nii.gz") else path.suffix
-  tmp = path.with_name(f".{path.name[:-len(suffix)]}.{uuid.uuid4().hex[:8]}{suffix}")
   img = nib.Nifti1Image(np.asarray(data), np.asarray(affine, np.float64))
   img.set_qform(img.affine, code=1)
   img.set_sform(img.affine, code=1)
-  try:
-    if suffix == ".nii.gz":
+  with atomic.temporary_path(path) as tmp:
+    if tmp.name.endswith(".nii.gz"):
       # No name and mtime 0 in the gzip header (as nibabel): the same data gives the same bytes.
       with open(tmp, "wb") as raw, igzip.IGzipFile(filename="", mode="wb", compresslevel=1,
                                                    fileobj=raw, mtime=0) as f:
         img.to_file_map({"image": nib.FileHolder(filename=str(path), fileobj=f)})
     else:
       nib.save(img, str(tmp))
-    os.replace(tmp, path)
-  finally:
-    if tmp.exists():
-      tmp.unlink()
+
+
+def ras_view(data: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """`data` with its voxel axes permuted/flipped to run R, A, S, as a view; (view, new affine).
+
+  Only axis permutations and flips (no resampling): the world position of every voxel is
+  unchanged, and the new affine says so. No copy: resampling reads the view directly.
+  """
+  current = orientations.io_orientation(affine)
+  transform = orientations.ornt_transform(current, orientations.axcodes2ornt(("R", "A", "S")))
+  view = orientations.apply_orientation(data, transform)
+  return view, affine @ orientations.inv_ornt_aff(transform, data.shape)
 
 
 def reorient_to_ras(data: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-  """Permutes/flips the voxel axes so they run R, A, S; returns (data, new affine).
-
-  Only axis permutations and flips (no resampling): the world position of every voxel is
-  unchanged, and the new affine says so.
-  """
-  current = orientations.io_orientation(affine)
-  target = orientations.axcodes2ornt(("R", "A", "S"))
-  transform = orientations.ornt_transform(current, target)
-  out = orientations.apply_orientation(data, transform)
-  new_affine = affine @ orientations.inv_ornt_aff(transform, data.shape)
-  return np.ascontiguousarray(out), new_affine
+  """`ras_view` as a C-ordered copy; returns (data, new affine)."""
+  view, new_affine = ras_view(data, affine)
+  return np.ascontiguousarray(view), new_affine
 
 
 def voxel_sizes(affine: np.ndarray) -> np.ndarray:

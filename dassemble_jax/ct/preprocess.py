@@ -1,10 +1,15 @@
 """Per-case preprocessing after RAS reorientation and resampling: intensities, labels, crop.
 
-* `scale_hu`: clip HU to [-175, 250] and scale to [0, 1] (the anchor's window).
+* `scale_hu`: clip HU to [-175, 250] and scale to [0, 1] (the anchor's window): the one HU window.
+* `prepare_image`: a CT in its file's orientation -> the model's input (RAS, resampled, HU
+  window), for conversion and prediction alike.
 * `map_labels`: a local label map -> a uint32 bitmask in universal ids (bit k = class k + 1),
   with tumor voxels added to their host organ and left/right pairs split.
-* `split_left_right`: the two largest connected components of a paired organ; the one lying
-  more to the patient's right (larger RAS world x) is the right organ.
+* `split_pair_label`: a dataset label covering both organs of a pair -> (right, left), every
+  voxel kept: the two largest connected components are the organs, the one lying more to the
+  patient's right (larger RAS world x) the right one, fragments join the nearer side.
+  (Prediction's lung split keeps only the two largest components:
+  `segmentation.postprocess.keep_two_largest_by_side`.)
 * `body_box`: the bounding box of the body (HU > -175) and of every labelled voxel.
 * `crop_centres`: a few thousand voxel coordinates per category (foreground, organ, tumor), drawn
   once at conversion so the input pipeline picks crop centres without scanning the volume.
@@ -17,7 +22,7 @@ from typing import Mapping
 import numpy as np
 from scipy import ndimage
 
-from dassemble_jax.ct import taxonomy
+from dassemble_jax.ct import bitmask, nifti_io, resample, taxonomy
 from dassemble_jax.ct.datasets import DatasetSpec
 from dassemble_jax.ct.nifti_io import CaseError
 
@@ -26,16 +31,40 @@ _TUMOR_BITS = np.uint32(sum(int(taxonomy.bit(i)) for i in taxonomy.TUMOR_IDS))
 _FULL_CONNECTIVITY = np.ones((3, 3, 3), bool)
 
 
-def scale_hu(hu: np.ndarray) -> np.ndarray:
-  """HU -> float32 in [0, 1]: clip to [-175, 250], then (hu + 175) / 425."""
-  out = np.clip(hu.astype(np.float32, copy=False), HU_MIN, HU_MAX)
+def scale_hu(hu: np.ndarray, *, in_place: bool = False) -> np.ndarray:
+  """HU -> float32 in [0, 1]: clip to [-175, 250], then (hu + 175) / 425.
+
+  `in_place`: `hu` is a float32 array and is overwritten (no copy of a whole CT).
+  """
+  if in_place:
+    if hu.dtype != np.float32:
+      raise ValueError(f"in-place HU window needs float32, got {hu.dtype}")
+    out = np.clip(hu, HU_MIN, HU_MAX, out=hu)
+  else:
+    out = np.clip(hu.astype(np.float32, copy=False), HU_MIN, HU_MAX)
   out -= HU_MIN
   out *= np.float32(1.0 / (HU_MAX - HU_MIN))
   return out
 
 
-def split_left_right(mask: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-  """Splits a paired organ's mask (X, Y, Z) into (right, left) boolean masks.
+def prepare_image(volume: np.ndarray, affine: np.ndarray, spacing
+                  ) -> tuple[np.ndarray, np.ndarray]:
+  """CT HU (X, Y, Z, file orientation, any real dtype) -> ([0, 1] float32 image, its affine).
+
+  Reoriented to RAS (`nifti_io.ras_view`, no copy), resampled linearly to `spacing` mm
+  (`resample.resample_to_spacing`, reading the view and writing the only full-size array), HU
+  window in place: the model's input, for training records and prediction alike.
+  """
+  ras, ras_affine = nifti_io.ras_view(np.asarray(volume), affine)
+  image, new_affine = resample.resample_to_spacing(ras, ras_affine, spacing, order=1,
+                                                   out_dtype=np.float32)
+  if np.may_share_memory(image, volume):  # nothing resampled, nothing copied: don't overwrite
+    image = image.copy()
+  return scale_hu(image, in_place=True), new_affine
+
+
+def split_pair_label(mask: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """Splits a paired organ's label (X, Y, Z) into (right, left) boolean masks, every voxel kept.
 
   The two largest 26-connected components are the two organs; the one whose centroid has the
   larger RAS world x is the right one (RAS+: x grows towards the patient's right; in the
@@ -131,7 +160,7 @@ def map_labels(local: np.ndarray, spec: DatasetSpec, affine: np.ndarray, *,
       bits[in_tumor] |= taxonomy.bit(host)
 
   for name, mask in pairs.items():
-    right, left = split_left_right(mask, affine)
+    right, left = split_pair_label(mask, affine)
     right_id, left_id = taxonomy.PAIRS[name]
     bits[right] |= taxonomy.bit(right_id)
     bits[left] |= taxonomy.bit(left_id)
@@ -146,14 +175,10 @@ def body_box(image01: np.ndarray, bits: np.ndarray | None = None, *,
   mask = image01 > 0
   if bits is not None:
     mask |= bits != 0
-  if not mask.any():
+  box = bitmask.class_boxes(mask[..., None])[0]
+  if box is None:
     raise CaseError(f"{where}: empty volume (no voxel above {HU_MIN:g} HU and no label)")
-  box = []
-  for axis in range(3):
-    other = tuple(a for a in range(3) if a != axis)
-    hit = np.flatnonzero(mask.any(axis=other))
-    box.append(slice(int(hit[0]), int(hit[-1]) + 1))
-  return tuple(box)
+  return box
 
 
 def crop_centres(bits: np.ndarray, rng: np.random.Generator,

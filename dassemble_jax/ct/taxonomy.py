@@ -5,7 +5,8 @@ channel k of the model is class id k + 1. Never reorder: checkpoints, text-embed
 the shards' label bitmasks all index classes by this id.
 
 Classes overlap (a liver tumor voxel is also liver), so a voxel carries a set of classes; shards
-store that set as a uint32 bitmask, bit k = class id k + 1 (see `dassemble_jax.ct.convert`).
+store that set as a uint32 bitmask, bit k = class id k + 1 (packed and unpacked by
+`dassemble_jax.ct.bitmask`).
 """
 
 from __future__ import annotations
@@ -80,7 +81,7 @@ BY_NAME: dict[str, CtClass] = {c.name: c for c in CLASSES}
 TUMOR_IDS = frozenset(range(26, 33))
 
 # Left/right pairs that some datasets annotate as one label: name -> (right id, left id). Such a
-# label is split by the two largest connected components (`preprocess.split_left_right`).
+# label is split by the two largest connected components (`preprocess.split_pair_label`).
 PAIRS: dict[str, tuple[int, int]] = {
     "kidney": (2, 3),
     "adrenal_gland": (12, 13),
@@ -123,15 +124,3 @@ def annotated_vector(ids) -> np.ndarray:
       raise ValueError(f"class id {i} outside 1..{NUM_CLASSES}")
     out[i - 1] = 1
   return out
-
-
-def unpack_bits(bitmask: np.ndarray) -> np.ndarray:
-  """(...,) uint32 bitmask -> (..., 32) uint8 {0,1}, channel k = class id k + 1 (NumPy)."""
-  shifts = np.arange(NUM_CLASSES, dtype=np.uint32)
-  return ((bitmask[..., None] >> shifts) & np.uint32(1)).astype(np.uint8)
-
-
-def pack_bits(channels: np.ndarray) -> np.ndarray:
-  """(..., 32) {0,1} -> (...,) uint32 bitmask; the inverse of `unpack_bits`."""
-  shifts = np.arange(NUM_CLASSES, dtype=np.uint32)
-  return np.bitwise_or.reduce((channels.astype(np.uint32) & 1) << shifts, axis=-1)

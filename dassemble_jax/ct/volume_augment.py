@@ -1,6 +1,6 @@
 """On-device crop and augmentation of a host batch (jitted; per-sample randomness via vmap).
 
-Input: the host batch of `pipeline.make_ct_dataset` (windows of crop + 2 * jitter voxels, image
+Input: the host batch of `crop_pipeline.make_ct_dataset` (windows of crop + 2 * jitter voxels, image
 float16, label as a uint32 class bitmask). Output, channels last:
   image     (B, X, Y, Z, 1) float32
   label     (B, X, Y, Z, 32) label_dtype {0, 1}   channel k = universal class k + 1
@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dassemble_jax.ct import taxonomy
+from dassemble_jax.ct import bitmask, taxonomy
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,12 +75,6 @@ def rot90_axial(x: jax.Array, k: jax.Array) -> jax.Array:
   return jax.lax.switch(k, [lambda v, k=k: jnp.rot90(v, k, axes=(0, 1)) for k in range(4)], x)
 
 
-def unpack_bits(bitmask: jax.Array, dtype=jnp.float32) -> jax.Array:
-  """(...,) uint32 -> (..., 32) {0, 1}: channel k = class id k + 1."""
-  shifts = jnp.arange(taxonomy.NUM_CLASSES, dtype=jnp.uint32)
-  return ((bitmask[..., None] >> shifts) & jnp.uint32(1)).astype(dtype)
-
-
 def augment_batch(rng: jax.Array, batch: dict, cfg: AugmentConfig = AugmentConfig(), *,
                   label_dtype=jnp.float32) -> dict:
   """Crops and augments a host batch on the device; see the module docstring."""
@@ -124,7 +118,7 @@ def augment_batch(rng: jax.Array, batch: dict, cfg: AugmentConfig = AugmentConfi
 
   return {
       "image": image[..., None],
-      "label": unpack_bits(label, label_dtype),
+      "label": bitmask.unpack_jax(label, taxonomy.NUM_CLASSES, label_dtype),
       # The packed form too: the fused heads + loss read one uint32 per voxel (XLA drops
       # whichever of the two the step does not use).
       "label_bits": label,

@@ -36,6 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.experimental import pallas as pl
 
+from dassemble_jax.ct import bitmask
 from dassemble_jax.models import universal_head as uh
 from dassemble_jax.segmentation import seg_losses
 
@@ -49,13 +50,6 @@ MAX_LABEL_BITS = 32  # classes come from one uint32 bitmask per voxel
 # ------------------------------------------------------------------------------------------------
 # Reference: the same sums from the plain heads (any backend; the tests' ground truth).
 
-def unpack_label_bits(bits: jax.Array, num_classes: int) -> jax.Array:
-  """(B, S) uint32 -> (B, S, K) float32; class k is bit k (classes >= 32 have no bit: 0)."""
-  shifts = jnp.minimum(jnp.arange(num_classes, dtype=jnp.uint32), MAX_LABEL_BITS - 1)
-  y = (bits[..., None] >> shifts) & jnp.uint32(1)
-  return jnp.where(jnp.arange(num_classes) < MAX_LABEL_BITS, y, 0).astype(jnp.float32)
-
-
 def stats_from_logits(logits: jax.Array, y: jax.Array) -> jax.Array:
   """logits, y (B, S, K) -> (B, K, 4) float32 sums over the voxels."""
   z = logits.astype(jnp.float32)
@@ -68,7 +62,7 @@ def reference_stats(features: jax.Array, theta: jax.Array, bits: jax.Array) -> j
   """features (B, S, 8), theta (B, K, 153), bits (B, S) uint32 -> (B, K, 4), plain XLA."""
   b, s, c = features.shape
   logits = uh.dynamic_heads_blockdiag(features.reshape(b, s, 1, 1, c), theta)
-  return stats_from_logits(logits.reshape(b, s, -1), unpack_label_bits(bits, theta.shape[1]))
+  return stats_from_logits(logits.reshape(b, s, -1), bitmask.unpack_jax(bits, theta.shape[1]))
 
 
 # ------------------------------------------------------------------------------------------------

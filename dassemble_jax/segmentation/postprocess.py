@@ -3,7 +3,7 @@
 Masks are (X, Y, Z, C) bool in the model's grid (RAS-oriented: array axis 0 runs towards the
 patient's right, `dassemble_jax.ct.nifti_io`); channel k is class id k + 1. Classes overlap: a
 tumor voxel is also a voxel of its host organ. `postprocess_bits` takes them packed
-(`packed_masks`: (X, Y, Z) uint32, bit k = class id k + 1), as `predict` moves them off the device.
+(`ct.bitmask`: (X, Y, Z) uint32, bit k = class id k + 1), as `predict` moves them off the device.
 
 The steps, as in the anchor:
 1. thresholds per class;
@@ -14,9 +14,10 @@ The steps, as in the anchor:
    box each), so a tumor at the organ's border is not cut away.
 
 Every step runs on a class's bounding box only (organs are small compared with a CT), and all C
-boxes come from two passes over the array (`class_boxes`), not 3 C passes over strided channel
-views: with a separable box morphology, 266 x 266 x 200 x 32 masks take 0.2 s, not 6 s
-(benchmarks/predict_host.md).
+boxes come from two passes over the array (`bitmask.class_boxes`), not 3 C passes over strided
+channel views: with a separable box morphology, 266 x 266 x 200 x 32 masks take 0.2 s, not 6 s
+(benchmarks/predict_host.md). Label maps are drawn from bool or packed masks (lesions over
+organs: for packed masks the highest set bit).
 """
 
 from __future__ import annotations
@@ -27,10 +28,7 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 from scipy import ndimage
 
-from dassemble_jax.ct import taxonomy
-from dassemble_jax.segmentation import packed_masks
-from dassemble_jax.segmentation.packed_masks import (  # noqa: F401  (re-exported)
-    bit_boxes, bits_dtype, bits_to_label_map, pack_masks, unpack_bits)
+from dassemble_jax.ct import bitmask, taxonomy
 
 NUM_CLASSES = taxonomy.NUM_CLASSES
 LUNG_RIGHT, LUNG_LEFT = taxonomy.PAIRS["lung"]
@@ -45,7 +43,7 @@ LCC_IDS: tuple[int, ...] = tuple(
 # Lesions kept only inside their host organ: kidney tumor, kidney cyst, liver tumor.
 HOST_FILTER_IDS: tuple[int, ...] = (26, 27, 32)
 
-Box = tuple[slice, slice, slice]
+Box = bitmask.Box
 
 
 def host_ids(lesion_id: int) -> tuple[int, ...]:
@@ -68,45 +66,8 @@ def apply_thresholds(probs: np.ndarray, thresholds: float | Sequence[float]) -> 
 
 
 def _bbox(mask: np.ndarray) -> Box | None:
-  """Tight bounding box of a nonempty mask as slices, None when empty."""
-  slices = []
-  for axis in range(mask.ndim):
-    others = tuple(a for a in range(mask.ndim) if a != axis)
-    nz = np.flatnonzero(mask.any(axis=others))
-    if nz.size == 0:
-      return None
-    slices.append(slice(int(nz[0]), int(nz[-1]) + 1))
-  return tuple(slices)
-
-
-def _boxes_from_projections(px, py, pz, num_classes: int, test) -> list[Box | None]:
-  """Per-class boxes from per-axis projections; test(p, k) -> bool (n,) for class index k."""
-  boxes = []
-  for k in range(num_classes):
-    box = []
-    for p in (px, py, pz):
-      nz = np.flatnonzero(test(p, k))
-      if nz.size == 0:
-        break
-      box.append(slice(int(nz[0]), int(nz[-1]) + 1))
-    boxes.append(tuple(box) if len(box) == 3 else None)
-  return boxes
-
-
-def class_boxes(masks: np.ndarray) -> list[Box | None]:
-  """Tight bounding box of every channel of (X, Y, Z, C) masks (None: empty channel).
-
-  Two passes over the array: an OR over z gives the (X, Y, C) projection, an OR over x and y the
-  (Z, C) one. With C a multiple of 8 the ORs run on uint64 words, 8 classes at a time.
-  """
-  x, y, z, c = masks.shape
-  if masks.flags.c_contiguous and c % 8 == 0 and masks.size:
-    words = masks.view(np.uint64)                                           # (X, Y, Z, C / 8)
-    xy = np.bitwise_or.reduce(words, axis=2).view(bool)                    # (X, Y, C)
-    zs = np.bitwise_or.reduce(words.reshape(x * y, z, c // 8), axis=0).view(bool)  # (Z, C)
-  else:
-    xy, zs = masks.any(axis=2), masks.any(axis=(0, 1))
-  return _boxes_from_projections(xy.any(axis=1), xy.any(axis=0), zs, c, lambda p, k: p[:, k])
+  """Tight bounding box of a (X, Y, Z) mask as slices, None when empty."""
+  return bitmask.class_boxes(np.asarray(mask, bool)[..., None])[0]
 
 
 def _union_box(boxes: Iterable[Box | None]) -> Box | None:
@@ -139,7 +100,7 @@ class _MaskStore:
 
   def __init__(self, masks: np.ndarray):
     self.array, self.shape, self.num_classes = masks, masks.shape[:3], masks.shape[-1]
-    self.boxes = class_boxes(masks)
+    self.boxes = bitmask.class_boxes(masks)
 
   def get(self, k: int, box: Box) -> np.ndarray:
     return self.array[box + (k,)]
@@ -153,7 +114,7 @@ class _BitStore:
 
   def __init__(self, bits: np.ndarray, num_classes: int):
     self.array, self.shape, self.num_classes = bits, bits.shape, num_classes
-    self.boxes = bit_boxes(bits, num_classes)
+    self.boxes = bitmask.class_boxes(bits, num_classes)
 
   def _bit(self, k: int):
     return self.array.dtype.type(1) << self.array.dtype.type(k)
@@ -206,10 +167,11 @@ def _world_x(points: np.ndarray, affine: np.ndarray | None) -> np.ndarray:
   return points @ affine[0, :3] + affine[0, 3]
 
 
-def _split_in_box(crop: np.ndarray, box: Box, shape: Sequence[int], affine: np.ndarray | None,
-                  labelled: tuple[np.ndarray, int] | None = None
-                  ) -> tuple[np.ndarray, np.ndarray]:
-  """`split_left_right` of a mask cropped to its tight `box` in a `shape` volume -> 2 crops."""
+def _two_largest_by_side_in_box(crop: np.ndarray, box: Box, shape: Sequence[int],
+                                affine: np.ndarray | None,
+                                labelled: tuple[np.ndarray, int] | None = None
+                                ) -> tuple[np.ndarray, np.ndarray]:
+  """`keep_two_largest_by_side` of a mask cropped to its tight `box` in a `shape` volume."""
   components, n = labelled if labelled is not None else ndimage.label(crop, structure=_FULL)
   offset = np.array([s.start for s in box], np.float64)
   sizes = np.bincount(components.ravel(), minlength=n + 1)[1:]
@@ -224,20 +186,21 @@ def _split_in_box(crop: np.ndarray, box: Box, shape: Sequence[int], affine: np.n
   return components == r, components == l
 
 
-def split_left_right(mask: np.ndarray, affine: np.ndarray | None = None
-                     ) -> tuple[np.ndarray, np.ndarray]:
-  """Two largest components of a paired organ's mask -> (right, left) bool masks.
+def keep_two_largest_by_side(mask: np.ndarray, affine: np.ndarray | None = None
+                             ) -> tuple[np.ndarray, np.ndarray]:
+  """Two largest components of a predicted paired organ's mask -> (right, left) bool masks.
 
   The component whose centroid has the larger RAS world x (through `affine`; array axis 0 when
   None, i.e. an array already in RAS orientation) is the patient's right organ. Smaller
-  components are dropped. With a single component, it is assigned to the side of the volume's
-  centre it lies on, and the other side is empty.
+  components are dropped (prediction noise; `ct.preprocess.split_pair_label`, for dataset labels,
+  keeps every voxel instead). With a single component, it is assigned to the side of the
+  volume's centre it lies on, and the other side is empty.
   """
   mask = np.asarray(mask, bool)
   right, left = np.zeros_like(mask), np.zeros_like(mask)
   box = _bbox(mask)
   if box is not None:
-    right[box], left[box] = _split_in_box(mask[box], box, mask.shape, affine)
+    right[box], left[box] = _two_largest_by_side_in_box(mask[box], box, mask.shape, affine)
   return right, left
 
 
@@ -251,7 +214,7 @@ def _split_lungs(store, affine: np.ndarray | None) -> None:
   labelled = ndimage.label(union, structure=_FULL)
   if labelled[1] < 2:
     return  # touching lungs: the model's channels are kept (each lies inside the union)
-  right, left = _split_in_box(union, box, store.shape, affine, labelled)
+  right, left = _two_largest_by_side_in_box(union, box, store.shape, affine, labelled)
   store.set(r, box, right)
   store.set(l, box, left)
   store.boxes[r], store.boxes[l] = _shrink(box, right), _shrink(box, left)
@@ -398,13 +361,13 @@ def postprocess_bits(bits: np.ndarray, num_classes: int = NUM_CLASSES,
                      lungs: bool = True, host_filter_ids: Iterable[int] = HOST_FILTER_IDS,
                      closing: int = 5, dilation: int = 5, copy: bool = True,
                      workers: int = 1) -> np.ndarray:
-  """`postprocess` on packed masks: (X, Y, Z) bitmask (see `pack_masks`) -> new bitmask.
+  """`postprocess` on packed masks: (X, Y, Z) bitmask (see `bitmask.pack`) -> new bitmask.
 
-  Equal to pack_masks(postprocess(unpack_bits(bits, num_classes))), without ever holding the
+  Equal to bitmask.pack(postprocess(bitmask.unpack(bits, num_classes))), without ever holding the
   (X, Y, Z, C) bool array. `copy=False` works in place on a writable C-ordered `bits`.
   """
   bits = np.asarray(bits)
-  dtype = bits_dtype(num_classes)
+  dtype = bitmask.bits_dtype(num_classes)
   if bits.ndim != 3 or bits.dtype != dtype:
     raise ValueError(f"bits must be (X, Y, Z) {dtype} for {num_classes} classes, got "
                      f"{bits.dtype} {bits.shape}")
@@ -421,6 +384,45 @@ def postprocess_bits(bits: np.ndarray, num_classes: int = NUM_CLASSES,
 # Label maps and per-scan summaries.
 
 
+def draw_order(num_classes: int) -> list[int]:
+  """Class ids in drawing order: organs by id, then lesions (a lesion shows over its organ)."""
+  organs = [i for i in range(1, num_classes + 1) if i not in taxonomy.TUMOR_IDS]
+  lesions = [i for i in range(1, num_classes + 1) if i in taxonomy.TUMOR_IDS]
+  return organs + lesions
+
+
+def _highest_bit(x: np.ndarray) -> np.ndarray:
+  """1-based index of the highest set bit of uint32 values (0 for 0), as uint8.
+
+  frexp's exponent of x > 0 is its bit length; float64 holds every uint32 exactly. Done in slabs
+  of ~1M values, so the float64 temporaries stay small instead of 20 bytes per voxel.
+  """
+  out = np.empty(x.shape, np.uint8)
+  flat_in, flat_out = x.reshape(-1), out.reshape(-1)
+  step = 1 << 20
+  for i in range(0, flat_in.size, step):
+    flat_out[i:i + step] = np.frexp(flat_in[i:i + step].astype(np.float64))[1]
+  return out
+
+
+def bits_to_label_map(bits: np.ndarray, num_classes: int = NUM_CLASSES) -> np.ndarray:
+  """(X, Y, Z) bitmask -> (X, Y, Z) uint8 ids, as `postprocess.masks_to_label_map`."""
+  bits = np.asarray(bits)
+  order = draw_order(num_classes)
+  if order == sorted(order):
+    # Every lesion id is above every organ id (taxonomy: lesions are 26..32), so the class
+    # drawn last at a voxel is its highest set bit.
+    if bits.dtype.itemsize <= 4:
+      return _highest_bit(bits)
+    high = (bits >> np.uint64(32)).astype(np.uint32)
+    low = (bits & np.uint64(0xFFFFFFFF)).astype(np.uint32)
+    return np.where(high != 0, _highest_bit(high) + np.uint8(32), _highest_bit(low))
+  labels = np.zeros(bits.shape, np.uint8)
+  for i in order:  # a taxonomy with lesions below organs: draw class by class
+    labels[(bits & (bits.dtype.type(1) << bits.dtype.type(i - 1))) != 0] = i
+  return labels
+
+
 def masks_to_label_map(masks: np.ndarray) -> np.ndarray:
   """(X, Y, Z, C) bool -> (X, Y, Z) uint8 universal ids, 0 = background.
 
@@ -432,9 +434,9 @@ def masks_to_label_map(masks: np.ndarray) -> np.ndarray:
   if c > 255:
     raise ValueError(f"{c} classes do not fit a uint8 label map")
   if c <= 64:
-    return bits_to_label_map(pack_masks(masks), c)
+    return bits_to_label_map(bitmask.pack(masks), c)
   labels = np.zeros(masks.shape[:-1], np.uint8)
-  for i in packed_masks.draw_order(c):
+  for i in draw_order(c):
     labels[masks[..., i - 1]] = i
   return labels
 

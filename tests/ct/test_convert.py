@@ -7,7 +7,7 @@ import pathlib
 import numpy as np
 import pytest
 
-from dassemble_jax.ct import convert, nifti_io, resample, taxonomy
+from dassemble_jax.ct import bitmask, convert, nifti_io, resample, taxonomy
 from dassemble_jax.data import arrayrecord_io
 
 # LPS-stored (x, y flipped), 2 x 2 x 3 mm: the converter has to reorient and resample.
@@ -51,7 +51,7 @@ def test_kits_layout_and_record_contents(tmp_path):
   np.testing.assert_array_equal(rec["original_shape"], _SHAPE)
   np.testing.assert_allclose(rec["original_affine"], _AFFINE)
   assert rec["affine"][0, 0] > 0 and rec["affine"][1, 1] > 0  # RAS
-  ch = taxonomy.unpack_bits(rec["label"])
+  ch = bitmask.unpack(rec["label"], dtype=np.uint8)
   tumor = ch[..., 25].astype(bool)
   # Stored LPS (world x = 20 - 2 i): the blob at i = 10..13 (with the tumor) lies at negative
   # world x, the patient's left; the blob at i = 2..5 at positive x, the right.

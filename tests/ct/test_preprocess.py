@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from nibabel import orientations
 
-from dassemble_jax.ct import datasets, nifti_io, preprocess, resample, taxonomy
+from dassemble_jax.ct import bitmask, datasets, nifti_io, preprocess, resample, taxonomy
 from dassemble_jax.ct.nifti_io import CaseError
 
 
@@ -75,27 +75,27 @@ def _two_blobs(shape=(20, 10, 8)):
   return mask
 
 
-def test_split_left_right_by_ras_world_x():
+def test_split_pair_label_by_ras_world_x():
   mask = _two_blobs()
-  right, left = preprocess.split_left_right(mask, np.eye(4))
+  right, left = preprocess.split_pair_label(mask, np.eye(4))
   # RAS: x grows towards the patient's right, so the larger-x blob is the right organ.
   assert right[15, 4, 3] and not right[3, 4, 3] and left[3, 4, 3]
   assert (right | left).sum() == mask.sum() and not (right & left).any()
   # Same voxels, x axis stored flipped (world x = -i): the sides swap.
   flipped = np.diag([-1.0, 1, 1, 1])
-  right2, left2 = preprocess.split_left_right(mask, flipped)
+  right2, left2 = preprocess.split_pair_label(mask, flipped)
   np.testing.assert_array_equal(right2, left)
   np.testing.assert_array_equal(left2, right)
 
 
-def test_split_left_right_assigns_fragments_and_single_blob():
+def test_split_pair_label_assigns_fragments_and_single_blob():
   mask = _two_blobs()
   mask[17, 9, 7] = True  # an isolated voxel on the right side
-  right, _ = preprocess.split_left_right(mask, np.eye(4))
+  right, _ = preprocess.split_pair_label(mask, np.eye(4))
   assert right[17, 9, 7]
   single = np.zeros((20, 10, 8), bool)
   single[14:17, 2:5, 2:5] = True
-  right, left = preprocess.split_left_right(single, np.eye(4))
+  right, left = preprocess.split_pair_label(single, np.eye(4))
   assert right.sum() == single.sum() and not left.any()
 
 
@@ -105,7 +105,7 @@ def test_map_labels_kits_tumor_in_kidney_and_pair_split():
   local[14:16, 4:6, 3:5] = 2  # tumor in the right (large-x) kidney
   local[3, 4, 3] = 3          # a cyst in the left kidney
   bits, annotated = preprocess.map_labels(local, spec, np.eye(4))
-  ch = taxonomy.unpack_bits(bits)
+  ch = bitmask.unpack(bits, dtype=np.uint8)
   tumor = local == 2
   assert ch[..., 25][tumor].all() and ch[..., 1][tumor].all()      # tumor (26) + right kidney (2)
   assert ch[3, 4, 3, 31] and ch[3, 4, 3, 2]                        # cyst (32) + left kidney (3)

@@ -25,12 +25,8 @@ def test_taxonomy_order_and_fields():
   assert [c.id for c in taxonomy.CLASSES if c.is_tumor] == list(range(26, 33))
 
 
-def test_bits_round_trip():
-  rng = np.random.default_rng(0)
-  channels = (rng.random((5, 4, 32)) < 0.3).astype(np.uint8)
-  packed = taxonomy.pack_bits(channels)
-  assert packed.dtype == np.uint32
-  np.testing.assert_array_equal(taxonomy.unpack_bits(packed), channels)
+def test_bits_of_class_ids():
+  # (Packing and unpacking whole masks: tests/ct/test_bitmask.py.)
   assert taxonomy.bit(1) == 1 and taxonomy.bit(32) == 2 ** 31
   with pytest.raises(ValueError):
     taxonomy.bit(33)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from dassemble_jax import fetch
-from dassemble_jax.ct import convert, layouts, nifti_io, preprocess, taxonomy
+from dassemble_jax.ct import bitmask, convert, layouts, nifti_io, preprocess, taxonomy
 from dassemble_jax.data import arrayrecord_io
 
 pytestmark = pytest.mark.network_cache
@@ -40,7 +40,7 @@ def test_real_ct_through_the_class_map(ts_root: pathlib.Path, tmp_path):
                               class_map=class_map, progress=False)
   assert m["cases"]["train"] == ["s0001"] and not m["skipped"]
   rec = next(arrayrecord_io.read_records(tmp_path / "native", "train"))
-  ch = taxonomy.unpack_bits(rec["label"]).astype(bool)
+  ch = bitmask.unpack(rec["label"])
   names = {v: k for k, v in class_map.items()}
   assert ch[..., 5].sum() == (seg == names["liver"]).sum() > 1000          # liver
   assert ch[..., 1].sum() == (seg == names["kidney_right"]).sum() > 100    # right kidney
@@ -55,7 +55,7 @@ def test_real_ct_through_the_class_map(ts_root: pathlib.Path, tmp_path):
   # The left/right rule, checked on real anatomy: split the union of both kidneys and compare
   # with TotalSegmentator's named sides.
   both = np.isin(seg, [names["kidney_right"], names["kidney_left"]])
-  right, left = preprocess.split_left_right(both, seg_affine)
+  right, left = preprocess.split_pair_label(both, seg_affine)
   assert right.sum() > 100
   np.testing.assert_array_equal(right, seg == names["kidney_right"])
   np.testing.assert_array_equal(left, seg == names["kidney_left"])

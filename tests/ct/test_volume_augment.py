@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 from scipy import ndimage
 
-from dassemble_jax.ct import taxonomy
+from dassemble_jax.ct import bitmask
 from dassemble_jax.ct import volume_augment
 
 
@@ -14,7 +14,7 @@ def _batch(b=3, w=(12, 12, 10), seed=0):
   rng = np.random.default_rng(seed)
   image = rng.random((b, *w)).astype(np.float16)
   label = (rng.integers(0, 2, (b, *w, 32)) * (rng.random((b, *w, 32)) < 0.2)).astype(np.uint8)
-  return {"image": image, "label": taxonomy.pack_bits(label),
+  return {"image": image, "label": bitmask.pack(label),
           "annotated": rng.integers(0, 2, (b, 32)).astype(np.uint8),
           "source": np.arange(b, dtype=np.int32), "zoom_ok": np.ones(b, np.uint8)}, label
 

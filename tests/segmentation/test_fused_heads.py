@@ -13,6 +13,7 @@ import pytest
 
 from configs import universal
 from dassemble_jax import sharding
+from dassemble_jax.ct import bitmask
 from dassemble_jax.models import universal_head as uh
 from dassemble_jax.segmentation import fused_heads as fh
 from dassemble_jax.segmentation import seg_losses
@@ -67,7 +68,7 @@ def test_fused_loss_equals_einsum_loss_in_value_and_gradient():
 
   def einsum_loss(f, theta):
     logits = uh.dynamic_heads(f.reshape(b, s, 1, 1, 8), theta)
-    y = fh.unpack_label_bits(bits, k).reshape(b, s, 1, 1, k)
+    y = bitmask.unpack_jax(bits, k).reshape(b, s, 1, 1, k)
     return seg_losses.partial_label_loss(logits, y, annotated).total
 
   want, want_grads = jax.value_and_grad(einsum_loss, (0, 1))(f, theta)

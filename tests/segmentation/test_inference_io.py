@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
+from dassemble_jax.ct import bitmask
 from dassemble_jax.ct import nifti_io
 from dassemble_jax.ct import resample
 from dassemble_jax.ct.nifti_io import CaseError
@@ -130,7 +131,7 @@ def test_per_class_files_from_small_boxes_packed_and_bool(tmp_path):
   masks[3:4, 5:6, 5:6, 1] = True                # a second, separate piece of class 1
   masks[4:7, 4:7, 4:7, 3] = True                # overlaps class 0 (a lesion in its organ)
   bits = (masks.astype(np.uint32) << np.arange(4, dtype=np.uint32)).sum(-1, dtype=np.uint32)
-  assert inference.class_boxes(bits, 4) == inference.class_boxes(masks, 4) == [
+  assert bitmask.class_boxes(bits, 4) == bitmask.class_boxes(masks, 4) == [
       (slice(2, 5), slice(3, 9), slice(4, 6)), (slice(3, 15), slice(0, 6), slice(5, 17)), None,
       (slice(4, 7), slice(4, 7), slice(4, 7))]
   names = ["a", "b", "empty", "d"]

@@ -55,19 +55,19 @@ def test_lcc_for_organs_not_tumors():
   np.testing.assert_array_equal(out[..., 26], tumors)                # both kept
 
 
-def test_split_left_right_by_position_and_affine():
+def test_keep_two_largest_by_side_by_position_and_affine():
   a, b = ball((6, 12, 10), 4), ball((24, 12, 10), 3)
   crumb = ball((15, 2, 2), 1)
-  right, left = pp.split_left_right(a | b | crumb)
+  right, left = pp.keep_two_largest_by_side(a | b | crumb)
   # RAS array: larger index along axis 0 = further to the patient's right.
   np.testing.assert_array_equal(right, b)
   np.testing.assert_array_equal(left, a)                             # the crumb is dropped
   flip = np.diag([-1.0, 1.0, 1.0, 1.0])                              # an LAS array
-  right, left = pp.split_left_right(a | b, flip)
+  right, left = pp.keep_two_largest_by_side(a | b, flip)
   np.testing.assert_array_equal(right, a)
   np.testing.assert_array_equal(left, b)
   # One component: assigned to the side of the volume centre it lies on.
-  right, left = pp.split_left_right(b)
+  right, left = pp.keep_two_largest_by_side(b)
   np.testing.assert_array_equal(right, b)
   assert not left.any()
 

@@ -24,6 +24,7 @@ Append ',swin' to use Swin UNETR (e.g. 'full,swin').
 import ml_collections
 
 from dassemble_jax.ct import phantom
+from dassemble_jax.models import universal_head
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -90,8 +91,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # Dynamic heads, the same numbers three ways: 'blockdiag' (three dense matmuls with
   # block-diagonal weights over a (B, voxels, 32 x 8) layout; heads + loss 8.0 ms on an H100),
   # 'einsum' (per-(sample, class) einsums; 14.0 ms) or 'fused' (a Pallas kernel that never
-  # stores the logits: ~2.6 GB less memory, 11.4 ms). benchmarks/universal_step.md.
-  c.model.head_impl = "blockdiag"
+  # stores the logits: ~2.6 GB less memory, 11.4 ms). benchmarks/universal_step.md. The
+  # model's own default ('blockdiag'), so code and config cannot disagree.
+  c.model.head_impl = universal_head.DEFAULT_HEAD_IMPL
   # Text table: '' computes MiniLM embeddings of the class prompts (cached in the workdir);
   # a path loads a user's (32, D) .npy table (e.g. CLIP's 512-d).
   c.model.embedding_table = ""

@@ -41,9 +41,7 @@ import time
 import jax
 import numpy as np
 
-from dassemble_jax.segmentation import evaluate
-from dassemble_jax.jobs import universal as universal_job
-from dassemble_jax.segmentation import train_loop as seg_train
+from dassemble_jax.segmentation import assembly_data, evaluate, reports, train_loop, trained_run
 
 
 def _folders(config, workdir: str) -> dict:
@@ -61,7 +59,7 @@ def _folders(config, workdir: str) -> dict:
   if overlap:
     raise ValueError(f"add_class: {sorted(overlap)} both pretrain and fine-tune; the point is a "
                      "class the pretrained model never saw")
-  data = universal_job.phantom_data(config, os.path.join(workdir, "data"))
+  data = assembly_data.phantom_data(config, os.path.join(workdir, "data"))
   pick = lambda names: [str(data["train"][n]) for n in names]
   new = pick(a.finetune_sources)
   rehearsal = pick(a.pretrain_sources) if a.rehearse else []
@@ -73,20 +71,16 @@ def _folders(config, workdir: str) -> dict:
 def class_groups(pretrained: np.ndarray, new_dirs) -> dict[str, np.ndarray]:
   """(32,) bool masks: 'new' (taught by the new sources only), 'old' (by the pretraining only:
   does fine-tuning keep them?) and 'both'."""
-  new = evaluate.trained_class_mask(list(new_dirs))
+  new = trained_run.trained_class_mask(list(new_dirs))
   return {"new": new & ~pretrained, "old": pretrained & ~new, "both": pretrained & new}
 
 
 def _evaluate_run(run_dir: str, test_dirs) -> dict:
   """The held-out evaluation of a trained folder (its best checkpoint), with its own config;
   'masks' holds the predictions ({case: (X, Y, Z, 32) bool})."""
-  from dassemble_jax import predict as predict_cli
-  run = predict_cli.restore_run(run_dir, "best")
-  results = evaluate.evaluate_state(
-      run.config, {"compiled": run.compiled, "state": run.state, "table": run.table,
-                   "classes": run.trained}, list(test_dirs))
-  evaluate.write_results(run_dir, results, title=os.path.basename(os.path.normpath(run_dir)))
-  return {"step": int(run.meta["step"]), "masks": results["masks"],
+  results, step = evaluate.evaluate_run(run_dir, test_dirs)
+  reports.write_results(run_dir, results, title=os.path.basename(os.path.normpath(run_dir)))
+  return {"step": step, "masks": results["masks"],
           "eval": {k: v for k, v in results.items() if k != "masks"}}
 
 
@@ -94,7 +88,7 @@ def summary_lines(results: dict, groups: dict[str, np.ndarray]) -> list[str]:
   """Mean held-out DSC of each model over each group of classes ('-': none scored)."""
   lines = []
   for label, mask in groups.items():
-    names = [evaluate.CLASS_NAMES[k] for k in np.flatnonzero(mask)]
+    names = [trained_run.CLASS_NAMES[k] for k in np.flatnonzero(mask)]
     cells = []
     for model, r in results.items():
       dsc = r["eval"]["summary"]["all"]["dsc"]
@@ -117,12 +111,12 @@ def run(config, workdir: str) -> dict:
     # One table for all three models: the fine-tuned one must read the codes it was trained
     # with, so a given model brings its own (a new table: --config.model.embedding_table).
     if config.init_from:
-      table_path = os.path.join(str(config.init_from), seg_train.EMBEDDINGS_FILE)
+      table_path = os.path.join(str(config.init_from), trained_run.EMBEDDINGS_FILE)
     else:
-      table_path = os.path.join(workdir, seg_train.EMBEDDINGS_FILE)
-      seg_train.class_table(config, workdir)
+      table_path = os.path.join(workdir, trained_run.EMBEDDINGS_FILE)
+      train_loop.class_table(config, workdir)
     print(f"class codes: {table_path}", flush=True)
-    config = universal_job.with_fields(config, **{"model.embedding_table": table_path})
+    config = assembly_data.with_fields(config, **{"model.embedding_table": table_path})
   common = {"data.test_dirs": tuple(folders["test"]), "data.val_dirs": tuple(folders["val"])}
 
   results, masks = {}, {}  # masks: {model: {held-out case: (X, Y, Z, 32) bool}}, for overlays
@@ -134,9 +128,9 @@ def run(config, workdir: str) -> dict:
   else:
     print(f"\n=== model 'pretrained': {len(folders['pretrain'])} source(s), "
           f"{a.pretrain_steps} steps ===", flush=True)
-    cfg = universal_job.with_fields(config, **common, **{
+    cfg = assembly_data.with_fields(config, **common, **{
         "data.shard_dirs": tuple(folders["pretrain"]), "num_steps": int(a.pretrain_steps)})
-    out = seg_train.train_and_evaluate(cfg, pretrained_dir)
+    out = train_loop.train_and_evaluate(cfg, pretrained_dir)
     masks["pretrained"] = out.pop("masks", {})
     results["pretrained"] = out
 
@@ -148,30 +142,30 @@ def run(config, workdir: str) -> dict:
     print(f"\n=== model '{name}': {len(folders['finetune'])} source(s), {a.finetune_steps} "
           f"steps{' from ' + pretrained_dir if fields['init_from'] else ' from scratch'} ===",
           flush=True)
-    cfg = universal_job.with_fields(config, **finetune, **fields)
-    out = seg_train.train_and_evaluate(cfg, os.path.join(workdir, "runs", name))
+    cfg = assembly_data.with_fields(config, **finetune, **fields)
+    out = train_loop.train_and_evaluate(cfg, os.path.join(workdir, "runs", name))
     masks[name] = out.pop("masks", {})
     results[name] = out
 
   summary = {"results": results}
   if folders["test"] and all("eval" in r for r in results.values()):
-    groups = class_groups(evaluate.run_trained_classes(pretrained_dir), folders["new"])
-    text, table = universal_job.comparison_table(
+    groups = class_groups(trained_run.run_trained_classes(pretrained_dir), folders["new"])
+    text, table = reports.comparison_table(
         results, title="pretrained; fine-tuned from it; the same data and steps from scratch")
     text = "\n".join([text, *summary_lines(results, groups)])
     print("\n" + text, flush=True)
     summary.update(comparison=table, classes={
-        label: [evaluate.CLASS_NAMES[k] for k in np.flatnonzero(m)] for label, m in groups.items()})
+        label: [trained_run.CLASS_NAMES[k] for k in np.flatnonzero(m)]
+        for label, m in groups.items()})
+    reports.write_text(os.path.join(workdir, "add_class.txt"), text + "\n")
     if jax.process_index() == 0:
-      with open(os.path.join(workdir, "add_class.txt"), "w") as f:
-        f.write(text + "\n")
       # Cases that annotate a new class first: that is where the three models differ most.
       cases = evaluate.load_cases(folders["test"])
       cases.sort(key=lambda c: not (c.annotated.astype(bool) & groups["new"]).any())
-      shown = universal_job.pick_cases(cases, int(config.eval.num_overlays))
-      path = evaluate.overlay_png(os.path.join(workdir, "overlays.png"), shown, masks)
+      shown = reports.pick_cases(cases, int(config.eval.num_overlays))
+      path = reports.overlay_png(os.path.join(workdir, "overlays.png"), shown, masks)
       print(f"overlays: {path}", flush=True)
   summary["seconds"] = time.perf_counter() - t0
-  universal_job.write_summary(os.path.join(workdir, "add_class.json"), summary)
+  reports.write_summary(os.path.join(workdir, "add_class.json"), summary)
   print(f"job done in {summary['seconds']:.0f} s; results in {workdir}", flush=True)
   return summary

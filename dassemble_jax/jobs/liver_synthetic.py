@@ -18,7 +18,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
@@ -27,10 +26,7 @@ import jax
 import numpy as np
 
 from dassemble_jax.ct import taxonomy
-from dassemble_jax.segmentation import evaluate
-from dassemble_jax.jobs import universal as universal_job
-from dassemble_jax.segmentation import seg_metrics
-from dassemble_jax.segmentation import train_loop as seg_train
+from dassemble_jax.segmentation import assembly_data, evaluate, reports, seg_metrics, train_loop
 
 TUMOR = taxonomy.class_by_name("liver_tumor").id
 LIVER = taxonomy.class_by_name("liver").id
@@ -44,7 +40,7 @@ def _data(config, workdir: str) -> dict:
            "test": list(d.test_dirs), "healthy_test": list(d.healthy_test_dirs),
            "val": list(d.val_dirs)}
   else:
-    data = universal_job.phantom_data(config, os.path.join(workdir, "data"))
+    data = assembly_data.phantom_data(config, os.path.join(workdir, "data"))
     pick = lambda kind, names: [str(data[kind][n]) for n in names]
     out = {"healthy": pick("train", d.healthy_sources), "real": pick("train", d.real_sources),
            "test": list(d.test_dirs) or pick("test", d.real_sources),
@@ -94,9 +90,9 @@ def train_and_report(config, workdir: str, name: str) -> dict:
   model_dir = os.path.join(workdir, "runs", name)
   print(f"\n=== model '{name}': {len(config.data.shard_dirs)} source(s), "
         f"{config.num_steps} steps ===", flush=True)
-  trained = seg_train.train(config, model_dir)
+  trained = train_loop.train(config, model_dir)
   results = evaluate.evaluate_state(config, trained, list(config.data.test_dirs))
-  evaluate.write_results(model_dir, results, title=name)
+  reports.write_results(model_dir, results, title=name)
   cases = evaluate.load_cases(list(config.data.test_dirs))
   report = lesion_report(config, cases, results["masks"])
   dsc = results["summary"]["all"]["dsc"]
@@ -147,7 +143,7 @@ def run(config, workdir: str) -> dict:
                       "synth.sources": (), "synth.none_eligible_ok": True}
   reports = {}
   for name, fields in models.items():
-    cfg = universal_job.with_fields(config, **fields, **{
+    cfg = assembly_data.with_fields(config, **fields, **{
         "data.test_dirs": tuple(data["test"]), "data.val_dirs": tuple(data["val"]),
         "data.healthy_test_dirs": tuple(data["healthy_test"])})
     reports[name] = train_and_report(cfg, workdir, name)
@@ -157,11 +153,6 @@ def run(config, workdir: str) -> dict:
              "radius_bins_mm": [b for b in radius_bins(config) if math.isfinite(b)]}
   if jax.process_index() == 0:
     print("\n" + text + f"\njob done in {seconds:.0f} s; results in {workdir}", flush=True)
-    for fname, payload in (("liver_synthetic.txt", text + "\n"),
-                           ("liver_synthetic.json",
-                            json.dumps(seg_metrics.to_jsonable(summary), indent=1))):
-      path = os.path.join(workdir, fname)
-      with open(path + ".tmp", "w") as f:
-        f.write(payload)
-      os.replace(path + ".tmp", path)
+  reports.write_text(os.path.join(workdir, "liver_synthetic.txt"), text + "\n")
+  reports.write_summary(os.path.join(workdir, "liver_synthetic.json"), summary)
   return summary

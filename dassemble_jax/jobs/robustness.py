@@ -26,9 +26,15 @@ import os
 import pathlib
 import sys
 import time
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
+
+from dassemble_jax import atomic
+from dassemble_jax.ct import nifti_io, taxonomy
+from dassemble_jax.jobs import synth_sweep
+from dassemble_jax.segmentation import evaluate, inference, seg_metrics, trained_run
+from dassemble_jax.synth import realct
 
 
 class RobustnessError(ValueError):
@@ -39,16 +45,15 @@ class RobustnessError(ValueError):
 # Inputs.
 
 def load_trained(workdir: str, checkpoint: str = "best"):
-  """The model of a training folder (predict.LoadedModel); RobustnessError naming what failed."""
-  from dassemble_jax import predict as predict_cli
-  from dassemble_jax.segmentation import evaluate
+  """The model of a training folder (trained_run.LoadedModel); RobustnessError naming what
+  failed."""
   if not os.path.isdir(workdir):
     raise RobustnessError(f"{workdir}: no such training folder")
   try:
-    return evaluate.load_model(workdir, checkpoint)
-  except predict_cli.ModelDirError as e:
+    return trained_run.load_model(workdir, checkpoint)
+  except trained_run.ModelDirError as e:
     raise RobustnessError(str(e)) from e
-  except Exception as e:  # noqa: BLE001 - Orbax/JSON errors of a damaged folder: name it
+  except Exception as e:
     raise RobustnessError(f"{os.path.join(workdir, 'checkpoints')}: cannot restore the model "
                           f"({type(e).__name__}: {e})") from e
 
@@ -63,7 +68,7 @@ def read_index(set_dir: str | os.PathLike) -> dict:
     index = json.loads(path.read_text())
     cases = index["cases"]
     for c in cases:
-      c["files"]["ct"], c["files"]["label"], c["value"]  # noqa: B018 - presence check
+      c["files"]["ct"], c["files"]["label"], c["value"]
   except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError) as e:
     raise RobustnessError(f"{path}: not a sweep index ({type(e).__name__}: {e})") from e
   if not cases:
@@ -73,7 +78,6 @@ def read_index(set_dir: str | os.PathLike) -> dict:
 
 def parse_values(prop: str, text: str | None) -> list:
   """`synth_sweep.parse_values`, with a bad value reported as a RobustnessError."""
-  from dassemble_jax.jobs import synth_sweep
   try:
     return synth_sweep.parse_values(prop, text)
   except ValueError as e:
@@ -81,7 +85,6 @@ def parse_values(prop: str, text: str | None) -> list:
 
 
 def generate_set(out: pathlib.Path, prop: str, values, cases: int, seed: int, vol) -> dict:
-  from dassemble_jax.jobs import synth_sweep
   return synth_sweep.run(out, prop, values, cases, seed, vol)
 
 
@@ -90,23 +93,17 @@ def generate_set(out: pathlib.Path, prop: str, values, cases: int, seed: int, vo
 
 def predict_tumor(loaded, ct_path: pathlib.Path) -> np.ndarray:
   """The model's liver-tumor mask (X, Y, Z) bool on the file's own grid."""
-  from dassemble_jax.ct import taxonomy
-  from dassemble_jax.segmentation import inference as seg_predict
-  volume, affine, _ = seg_predict.load_nifti_for_prediction(ct_path)
-  original = seg_predict.Grid(tuple(volume.shape), affine)
-  kwargs = dict(loaded.predict_kwargs)
-  spacing = kwargs.pop("spacing")
-  model_volume, grid = seg_predict.to_model_grid(volume, affine, spacing)
-  masks = seg_predict.predict_volume(loaded.apply_fn, model_volume, params=loaded.variables,
-                                     affine=grid.affine, **kwargs)
+  volume, affine, _ = inference.load_nifti_for_prediction(ct_path)
+  original = inference.Grid(tuple(volume.shape), affine)
+  model_volume, grid = inference.to_model_grid(volume, affine, loaded.spec.spacing)
+  masks = inference.predict_volume(loaded.apply_fn, model_volume, params=loaded.variables,
+                                   affine=grid.affine, **loaded.spec.volume_kwargs())
   tumor = masks[..., taxonomy.class_by_name("liver_tumor").id - 1]
-  return seg_predict.to_original_grid(tumor.astype(np.uint8), grid, original).astype(bool)
+  return inference.to_original_grid(tumor.astype(np.uint8), grid, original).astype(bool)
 
 
 def score_case(pred: np.ndarray, label: np.ndarray, spacing) -> dict:
   """One case: tumor DSC, lesions found (whole-range bin), lesion DSC sum, scan detection."""
-  from dassemble_jax.segmentation import evaluate
-  from dassemble_jax.segmentation import seg_metrics
   gt = label == 2
   det = evaluate.detection_by_radius(pred, gt, spacing, (0.0, math.inf))[">0mm"]
   return {"dsc": seg_metrics.dice(pred, gt), "n": det["n"], "detected": det["detected"],
@@ -133,7 +130,6 @@ def summarise(values: Sequence, per_case: Sequence[dict]) -> list[dict]:
 
 def evaluate_set(loaded, set_dir: pathlib.Path, index: dict) -> dict:
   """Predicts and scores every case of one sweep folder."""
-  from dassemble_jax.ct import nifti_io
   per_case = []
   for c in index["cases"]:
     ct_path = set_dir / c["files"]["ct"]
@@ -175,18 +171,10 @@ def plot(path: pathlib.Path, results: Sequence[dict]) -> pathlib.Path:
     ax.grid(alpha=0.3)
   axes[0, 0].legend(fontsize=7)
   fig.tight_layout()
-  tmp = path.with_name(path.name + ".tmp.png")
-  fig.savefig(tmp, dpi=90)
+  with atomic.temporary_path(path) as tmp:
+    fig.savefig(tmp, dpi=90)
   plt.close(fig)
-  os.replace(tmp, path)
   return path
-
-
-def _write_json(path: pathlib.Path, obj) -> None:
-  from dassemble_jax.segmentation import seg_metrics
-  tmp = path.with_name(path.name + ".tmp")
-  tmp.write_text(json.dumps(seg_metrics.to_jsonable(obj), indent=1))
-  os.replace(tmp, path)
 
 
 def format_table(results: Sequence[dict]) -> str:
@@ -195,7 +183,7 @@ def format_table(results: Sequence[dict]) -> str:
   for r in results:
     lines.append(f"[{r['property']}]  value: sensitivity (found/lesions)  tumor DSC  lesion DSC")
     for row in r["per_value"]:
-      lines.append(f"  {str(row['value']):>12}: {f(row['sensitivity'])} "
+      lines.append(f"  {row['value']!s:>12}: {f(row['sensitivity'])} "
                    f"({row['detected']}/{row['lesions']})  {f(row['dsc'])}  "
                    f"{f(row['lesion_dsc'])}")
   return "\n".join(lines)
@@ -213,8 +201,6 @@ def run(workdir: str, out: str | os.PathLike, *, properties: Sequence[str] = ("s
   for s in sets:
     folders.append((pathlib.Path(s), read_index(s)))
   if not sets:
-    from dassemble_jax.synth import realct
-    from dassemble_jax.jobs import synth_sweep
     if vol is None:
       vol = realct.load_totalseg_example()
     for prop in properties:
@@ -226,7 +212,7 @@ def run(workdir: str, out: str | os.PathLike, *, properties: Sequence[str] = ("s
   results = [evaluate_set(loaded, d, index) for d, index in folders]
   summary = {"workdir": str(workdir), "checkpoint_step": loaded.step, "checkpoint": checkpoint,
              "results": results, "seconds": time.perf_counter() - t0}
-  _write_json(out / "robustness.json", summary)
+  atomic.write_json(out / "robustness.json", seg_metrics.to_jsonable(summary), indent=1)
   plot(out / "robustness.png", results)
   print(format_table(results), flush=True)
   print(f"robustness: {out / 'robustness.json'}, {out / 'robustness.png'} "
@@ -255,15 +241,13 @@ def main(argv=None) -> int:
     p.error("--values needs exactly one --property")
   if (args.ct is None) != (args.seg is None):
     p.error("give both --ct and --seg, or neither")
-  from dassemble_jax.ct.nifti_io import CaseError
-  from dassemble_jax.synth import realct
   try:
     vol = None
     if args.ct and not args.set:
       vol = realct.load_files(args.ct, args.seg, args.liver_label)
     run(args.workdir, args.out, properties=props, values=args.values, cases=args.cases,
         seed=args.seed, vol=vol, sets=args.set, checkpoint=args.checkpoint)
-  except (RobustnessError, realct.LiverMaskError, CaseError, FileNotFoundError) as e:
+  except (RobustnessError, realct.LiverMaskError, nifti_io.CaseError, FileNotFoundError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
   return 0

@@ -100,6 +100,9 @@ def dynamic_heads_blockdiag(features: jax.Array, theta: jax.Array) -> jax.Array:
 # prediction) it computes them as 'blockdiag'.
 HEAD_IMPLS = {"einsum": dynamic_heads, "blockdiag": dynamic_heads_blockdiag,
               "fused": dynamic_heads_blockdiag}
+# The default everywhere (configs/universal.py sets the same): the fastest of the three that
+# materialises logits (benchmarks/universal_step.md); the three give the same numbers.
+DEFAULT_HEAD_IMPL = "blockdiag"
 
 
 class UniversalHead(nnx.Module):
@@ -107,7 +110,8 @@ class UniversalHead(nnx.Module):
 
   def __init__(self, deep_channels: int, decoder_channels: int, num_classes: int,
                embed_dim: int | None = None, *, class_code: str = "text",
-               num_groups: int = 16, head_impl: str = "einsum", dtype=None, rngs: nnx.Rngs):
+               num_groups: int = 16, head_impl: str = DEFAULT_HEAD_IMPL, dtype=None,
+               rngs: nnx.Rngs):
     if head_impl not in HEAD_IMPLS:
       raise ValueError(f"head_impl must be one of {tuple(HEAD_IMPLS)}, got {head_impl!r}")
     self.head_impl = head_impl
@@ -191,7 +195,8 @@ class UniversalModel(nnx.Module):
 
   def __init__(self, backbone: str = "unet", num_classes: int = 32,
                embed_dim: int | None = 384, *, class_code: str = "text", in_channels: int = 1,
-               head_impl: str = "einsum", dtype=None, backbone_kwargs: dict | None = None,
+               head_impl: str = DEFAULT_HEAD_IMPL, dtype=None,
+               backbone_kwargs: dict | None = None,
                rngs: nnx.Rngs):
     backbone_kwargs = dict(backbone_kwargs or {})
     if backbone == "unet":

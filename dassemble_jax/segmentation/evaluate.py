@@ -1,39 +1,30 @@
-"""Held-out evaluation of a Universal Model: sliding window, DSC/NSD per class and source, plots.
+"""Held-out evaluation of a Universal Model: sliding window, DSC/NSD per class and source.
 
 Held-out cases are converted records (`ct.convert`): image and bitmask label in the model grid
 (RAS, model spacing), so prediction and ground truth compare voxel for voxel. Per case:
 sliding-window probabilities -> threshold -> post-processing -> DSC and NSD for every class the
 case's source annotates AND the model was trained on (others NaN, skipped in every mean) -> scan
--level tumor detection. Results: a table on stdout and `eval.json` in the workdir.
+-level tumor detection. `reports.write_results` prints the tables and writes eval.json.
 
 Also here: `Validator` (the cheap mean-DSC score that picks the best checkpoint during
-training), `load_model` (a training folder's best checkpoint, else its latest, as a
-`predict.LoadedModel`) and `detection_by_radius` (lesion-level sensitivity per tumor radius bin).
-
-`overlay_png` draws an axial slice of a few held-out cases: CT, ground truth, and each model's
-prediction (matplotlib, Agg backend: no display needed).
+training) and `detection_by_radius` (lesion-level sensitivity per tumor radius bin).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
-import json
-import os
 import time
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
-import jax
-import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
-from dassemble_jax.ct import taxonomy
+from dassemble_jax.ct import bitmask, taxonomy
 from dassemble_jax.data import arrayrecord_io
-from dassemble_jax.segmentation import seg_metrics
-from dassemble_jax.segmentation import inference as seg_predict
+from dassemble_jax.segmentation import inference, seg_metrics, trained_run
+from dassemble_jax.segmentation.inference_spec import InferenceSpec
 
-CLASS_NAMES = [c.name for c in taxonomy.CLASSES]
+CLASS_NAMES = trained_run.CLASS_NAMES
 
 
 @dataclasses.dataclass
@@ -61,7 +52,7 @@ def load_cases(test_dirs: Sequence[str], splits=("train", "val")) -> list[HeldOu
         cases.append(HeldOutCase(
             name=f"{source}/{ids[int(record['case_index'])]}", source=source,
             image=record["image"].astype(np.float32),
-            label=taxonomy.unpack_bits(record["label"]).astype(bool),
+            label=bitmask.unpack(record["label"]),
             annotated=record["annotated"].astype(bool), spacing=record["spacing"],
             affine=record["affine"]))
   if not cases:
@@ -70,49 +61,22 @@ def load_cases(test_dirs: Sequence[str], splits=("train", "val")) -> list[HeldOu
 
 
 # ------------------------------------------------------------------------------------------------
-# The model as a sliding-window apply function.
-
-def _apply(eval_def, dtype, variables, windows):
-  """variables = (params, batch_stats, table); windows (n, d, h, w, 1) -> logits (n, ..., 32)."""
-  params, batch_stats, table = variables
-  model = nnx.merge(eval_def, params, batch_stats)
-  return model(windows.astype(dtype), table).astype(jnp.float32)
-
-
-@functools.lru_cache(maxsize=8)
-def apply_fn_for(eval_def, dtype_name: str):
-  """One (hashable) apply function per model graph, so every volume reuses the compilation."""
-  return functools.partial(_apply, eval_def, jnp.dtype(dtype_name))
-
-
-def host_variables(state: Mapping[str, Any], table: np.ndarray, device=None):
-  """(params, batch_stats, table) on one device: sliding-window runs on a single device."""
-  device = device or jax.devices()[0]
-  return jax.device_put((jax.device_get(state["params"]), jax.device_get(state["batch_stats"]),
-                         np.asarray(table, np.float32)), device)
-
-
-# ------------------------------------------------------------------------------------------------
 # Metrics.
 
-def evaluate_cases(apply_fn, variables, cases: Sequence[HeldOutCase], *, window, overlap=0.5,
-                   sw_batch_size=4, threshold=0.5, postprocess=True, nsd_tolerance_mm=2.0,
-                   trained_classes: np.ndarray | None = None) -> dict:
-  """Predicts every case and scores it. Returns {'summary', 'detection', 'cases', 'masks',
-  'seconds_per_case'} (masks: {case name: (X, Y, Z, 32) bool})."""
-  trained = (np.ones(taxonomy.NUM_CLASSES, bool) if trained_classes is None
-             else np.asarray(trained_classes, bool))
-  # A class the model never saw a label of is not predicted (threshold above any probability).
-  thresholds = np.where(trained, float(threshold), 2.0).astype(np.float32)
+def evaluate_cases(apply_fn, variables, cases: Sequence[HeldOutCase],
+                   spec: InferenceSpec) -> dict:
+  """Predicts every case and scores it on the classes it annotates and `spec` says the model
+  was trained on. Returns {'summary', 'detection', 'cases', 'masks', 'seconds_per_case'}
+  (masks: {case name: (X, Y, Z, 32) bool})."""
+  trained = spec.trained_mask
   per_case, masks, det_pairs = [], {}, {}
   start = time.perf_counter()
   for case in cases:
-    pred = seg_predict.predict_volume(apply_fn, case.image, params=variables, window=window,
-                                      overlap=overlap, sw_batch_size=sw_batch_size,
-                                      thresholds=thresholds, affine=case.affine,
-                                      postprocess=postprocess)
+    pred = inference.predict_volume(apply_fn, case.image, params=variables, affine=case.affine,
+                                    **spec.volume_kwargs())
     known = case.annotated & trained
-    m = seg_metrics.case_metrics(pred, case.label, known, case.spacing, nsd_tolerance_mm)
+    m = seg_metrics.case_metrics(pred, case.label, known, case.spacing,
+                                 spec.nsd_tolerance_mm)
     per_case.append({"name": case.name, "source": case.source, "dsc": m["dsc"],
                      "nsd": m["nsd"]})
     for lesion, pair in seg_metrics.scan_detection(pred, case.label, known,
@@ -129,56 +93,27 @@ def evaluate_cases(apply_fn, variables, cases: Sequence[HeldOutCase], *, window,
           "masks": masks, "seconds_per_case": seconds}
 
 
-def trained_classes(config) -> np.ndarray:
-  """(32,) bool: classes the training config teaches: its sources' classes, plus liver tumors
-  when synthetic tumors are inserted into healthy livers (synth/training.py), plus the classes
-  of the run it was fine-tuned from (`init_from`)."""
-  mask = trained_class_mask(list(config.data.shard_dirs))
-  from dassemble_jax.synth import training as synth_training
-  if synth_training.enabled(config):
-    mask[synth_training.LIVER_TUMOR - 1] = True
-  if config.get("init_from"):
-    mask |= run_trained_classes(str(config.init_from))
-  return mask
-
-
-def run_trained_classes(run_dir: str) -> np.ndarray:
-  """(32,) bool: the classes a training folder's model was taught (its trained_classes.json)."""
-  from dassemble_jax.segmentation import train_loop as seg_train
-  path = os.path.join(run_dir, seg_train.TRAINED_CLASSES_FILE)
-  try:
-    with open(path) as f:
-      return taxonomy.annotated_vector(json.load(f)).astype(bool)
-  except (OSError, ValueError) as e:
-    raise ValueError(f"cannot read {path} ({e}); is it a Universal Model training folder "
-                     "(DIR/runs/<model>)?") from e
-
-
-def trained_class_mask(source_dirs: Sequence[str]) -> np.ndarray:
-  """(32,) bool: the classes annotated by any training source (what a model can have learned)."""
-  ids = set()
-  for d in source_dirs:
-    manifest = arrayrecord_io.read_manifest(d)
-    for name in manifest["sources"]:
-      ids |= set(manifest["known_classes"][name])
-  return taxonomy.annotated_vector(sorted(ids)).astype(bool)
-
-
 def evaluate_state(config, trained: Mapping[str, Any], test_dirs: Sequence[str]) -> dict:
-  """Evaluates the state returned by `train.train` (its best validated state when it has one)
-  on the held-out folders. `trained['classes']`, when present, names the classes to score
-  ((32,) bool); otherwise they follow from the config (`trained_classes`)."""
-  comp = trained["compiled"]
-  apply_fn = apply_fn_for(comp.eval_def, str(jnp.dtype(config.compute_dtype)))
-  variables = host_variables(trained.get("eval_state", trained["state"]), trained["table"])
-  e = config.eval
-  return evaluate_cases(apply_fn, variables, load_cases(test_dirs),
-                        window=(int(config.crop_size),) * 3, overlap=float(e.overlap),
-                        sw_batch_size=int(e.sw_batch_size), threshold=float(e.threshold),
-                        postprocess=bool(e.postprocess),
-                        nsd_tolerance_mm=float(e.nsd_tolerance_mm),
-                        trained_classes=(trained["classes"] if "classes" in trained
-                                         else trained_classes(config)))
+  """Evaluates the state returned by `train_loop.train` (its best validated state when it has
+  one) on the held-out folders. `trained['classes']`, when present, names the classes to score
+  ((32,) bool); otherwise they follow from the config (`trained_run.trained_classes`)."""
+  classes = (trained["classes"] if "classes" in trained
+             else trained_run.trained_classes(config))
+  spec = InferenceSpec.from_config(config, classes)
+  apply_fn = trained_run.apply_fn_for(trained["compiled"].eval_def, spec.dtype)
+  variables = trained_run.host_variables(trained.get("eval_state", trained["state"]),
+                                         trained["table"])
+  return evaluate_cases(apply_fn, variables, load_cases(test_dirs), spec)
+
+
+def evaluate_run(run_dir: str, test_dirs: Sequence[str]) -> tuple[dict, int]:
+  """The held-out evaluation of a run folder's best checkpoint, with its own config and
+  classes: (results as `evaluate_state`'s, the checkpoint's step)."""
+  run = trained_run.restore_run(run_dir, "best")
+  results = evaluate_state(run.config, {"compiled": run.compiled, "state": run.state,
+                                        "table": run.table, "classes": run.trained},
+                           list(test_dirs))
+  return results, int(run.meta["step"])
 
 
 # ------------------------------------------------------------------------------------------------
@@ -191,15 +126,12 @@ class Validator:
 
   def __init__(self, config, comp, table, cases: Sequence[HeldOutCase]):
     self.cases = list(cases)
-    self.apply_fn = apply_fn_for(comp.eval_def, str(jnp.dtype(config.compute_dtype)))
+    self.spec = InferenceSpec.from_config(config, trained_run.trained_classes(config))
+    self.apply_fn = trained_run.apply_fn_for(comp.eval_def, self.spec.dtype)
     self.table = table
-    self.trained = trained_classes(config)
-    self.thresholds = np.where(self.trained, float(config.eval.threshold), 2.0).astype(np.float32)
-    self.kwargs = dict(window=(int(config.crop_size),) * 3, overlap=float(config.eval.overlap),
-                       sw_batch_size=int(config.eval.sw_batch_size))
 
   @classmethod
-  def for_config(cls, config, comp, table, source_names: Sequence[str]) -> "Validator | None":
+  def for_config(cls, config, comp, table, source_names: Sequence[str]) -> Validator | None:
     """The validation cases of the training sources: `data.val_dirs` (splits 'train' and 'val'),
     else the 'val' split of `data.shard_dirs`; None when there are none or eval_every is 0."""
     if not int(config.get("eval_every", 0) or 0):
@@ -215,23 +147,15 @@ class Validator:
     return cls(config, comp, table, cases) if cases else None
 
   def score(self, state) -> float:
-    variables = host_variables(state, self.table)
+    variables = trained_run.host_variables(state, self.table)
     scores = []
     for case in self.cases:
-      pred = seg_predict.predict_volume(self.apply_fn, case.image, params=variables,
-                                        thresholds=self.thresholds, postprocess=False,
-                                        **self.kwargs)
-      for k in np.flatnonzero(case.annotated & self.trained):
+      pred = inference.predict_volume(self.apply_fn, case.image, params=variables,
+                                      **self.spec.volume_kwargs(postprocess=False))
+      for k in np.flatnonzero(case.annotated & self.spec.trained_mask):
         scores.append(seg_metrics.dice(pred[..., k], case.label[..., k]))
     scores = np.asarray(scores, np.float64)
     return float(np.nanmean(scores)) if np.isfinite(scores).any() else float("nan")
-
-
-def load_model(workdir: str, checkpoint: str = "best"):
-  """`predict.load_model`: the best checkpoint (or the latest when there is no best one);
-  checkpoint='latest' keeps the latest. Raises predict.ModelDirError naming the folder."""
-  from dassemble_jax import predict as predict_cli
-  return predict_cli.load_model(workdir, checkpoint)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -294,73 +218,3 @@ def sum_detections(per_scan: Sequence[Mapping[str, Mapping[str, float]]]) -> dic
     t["sensitivity"] = t["detected"] / t["n"] if t["n"] else float("nan")
     t["dsc"] = t.pop("dsc_sum") / t["n"] if t["n"] else float("nan")
   return total
-
-
-def write_results(workdir: str, results: Mapping[str, Any], title: str = "") -> str:
-  """Prints the DSC/NSD tables and detection; writes workdir/eval.json. Returns the text."""
-  text = [f"== held-out evaluation {title} ({results['summary']['all']['n_cases']} cases, "
-          f"{results['seconds_per_case']:.2f} s/case) ==",
-          seg_metrics.format_table(results["summary"], "dsc"),
-          seg_metrics.format_table(results["summary"], "nsd")]
-  for lesion, d in sorted(results["detection"].items()):
-    text.append(f"detection {lesion}: sensitivity {d['sensitivity']:.2f} specificity "
-                f"{d['specificity']:.2f} (tp {d['tp']} fp {d['fp']} tn {d['tn']} fn {d['fn']})")
-  text = "\n".join(text)
-  if jax.process_index() == 0:
-    print(text, flush=True)
-    path = os.path.join(workdir, "eval.json")
-    payload = seg_metrics.to_jsonable({k: v for k, v in results.items() if k != "masks"})
-    with open(path + ".tmp", "w") as f:
-      json.dump(payload, f, indent=1)
-    os.replace(path + ".tmp", path)
-  return text
-
-
-# ------------------------------------------------------------------------------------------------
-# Overlays.
-
-_COLORS = np.array([[0.90, 0.10, 0.10], [0.10, 0.70, 0.10], [0.15, 0.35, 0.95], [0.95, 0.75, 0.1],
-                    [0.80, 0.20, 0.85], [0.10, 0.80, 0.85], [0.95, 0.50, 0.15],
-                    [0.55, 0.35, 0.20]])
-
-
-def _label_rgb(image2d: np.ndarray, masks2d: np.ndarray) -> np.ndarray:
-  """Grey CT slice with each class blended in its colour (lesions drawn last, on top)."""
-  rgb = np.repeat(image2d[..., None], 3, -1)
-  for k in range(masks2d.shape[-1]):
-    m = masks2d[..., k]
-    if m.any():
-      rgb[m] = 0.45 * rgb[m] + 0.55 * _COLORS[k % len(_COLORS)]
-  return rgb
-
-
-def overlay_png(path: str, cases: Sequence[HeldOutCase],
-                predictions: Mapping[str, Mapping[str, np.ndarray]]) -> str:
-  """One row per case (the axial slice with the most labelled voxels), columns CT + ground
-  truth + one per model in `predictions` ({model: {case name: masks}}). Written atomically."""
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-
-  cols = 2 + len(predictions)
-  fig, axes = plt.subplots(len(cases), cols, figsize=(2.6 * cols, 2.6 * len(cases)),
-                           squeeze=False)
-  for row, case in enumerate(cases):
-    z = int(np.argmax((case.label & case.annotated).sum(axis=(0, 1, 3))))
-    # RAS array (index grows towards the patient's right and front): rows = y flipped (front
-    # up), columns = x flipped (patient's right on the image left): the radiological view.
-    view = lambda a: np.flip(np.swapaxes(a, 0, 1), axis=(0, 1))
-    img = view(case.image[:, :, z])
-    panels = [("CT", img, None), ("ground truth", img, view(case.label[:, :, z] & case.annotated))]
-    panels += [(name, img, view(preds[case.name][:, :, z])) for name, preds in predictions.items()]
-    for col, (title, im, m) in enumerate(panels):
-      ax = axes[row, col]
-      ax.imshow(im if m is None else _label_rgb(im, m), cmap="gray", vmin=0, vmax=1)
-      ax.set_title(f"{case.name}\n{title}" if col == 0 else title, fontsize=7)
-      ax.axis("off")
-  fig.tight_layout()
-  tmp = path + ".tmp.png"
-  fig.savefig(tmp, dpi=90)
-  plt.close(fig)
-  os.replace(tmp, path)
-  return path

@@ -20,12 +20,13 @@ Why it is built this way:
 
 import functools
 import math
-from typing import Any, Callable, Literal, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, Literal
 
 import jax
 import jax.numpy as jnp
-from jax import lax
 import numpy as np
+from jax import lax
 
 # apply_fn(params, windows) -> logits: (n, wd, wh, ww, C_in) -> (n, wd, wh, ww, C).
 ApplyFn = Callable[[Any, jax.Array], jax.Array]

@@ -12,10 +12,9 @@ import numpy as np
 import pytest
 
 from configs import universal_add_class
-from dassemble_jax import predict as predict_cli
 from dassemble_jax.jobs import add_class
-from dassemble_jax.jobs import universal as universal_job
-from dassemble_jax.segmentation import train_loop as seg_train
+from dassemble_jax.segmentation import train_loop, trained_run
+from dassemble_jax.segmentation.assembly_data import with_fields
 
 
 def _tiny():
@@ -38,7 +37,7 @@ def job(tmp_path_factory):
 
 
 def _trained_ids(run_dir):
-  with open(os.path.join(run_dir, seg_train.TRAINED_CLASSES_FILE)) as f:
+  with open(os.path.join(run_dir, trained_run.TRAINED_CLASSES_FILE)) as f:
     return set(json.load(f))
 
 
@@ -61,7 +60,7 @@ def test_job_trains_three_models_and_reports_the_new_classes(job):
 
 
 def test_without_rehearsal_only_the_new_sources_are_fine_tuned(job):
-  config = universal_job.with_fields(job["config"], **{"add_class.rehearse": False})
+  config = with_fields(job["config"], **{"add_class.rehearse": False})
   folders = add_class._folders(config, str(job["dir"]))  # pylint: disable=protected-access
   assert folders["finetune"] == folders["new"] and len(folders["new"]) == 1
   assert "phantom_lits" in folders["new"][0] and "phantom_spleen" in folders["pretrain"][0]
@@ -73,10 +72,10 @@ def test_finetuning_starts_from_the_pretrained_parameters(job, tmp_path):
   """At step 0 the fine-tuning state holds the pretrained best checkpoint's parameters and norm
   statistics, a fresh optimiser state and step 0."""
   runs = job["dir"] / "runs"
-  pretrained = predict_cli.restore_run(str(runs / "pretrained"))
-  cfg = universal_job.with_fields(
-      _finetune_config(job), **{"init_from": str(runs / "pretrained")})
-  start = seg_train.train(cfg, str(tmp_path / "ft"), stop_at_step=0)["state"]
+  pretrained = trained_run.restore_run(str(runs / "pretrained"))
+  cfg = with_fields(
+      _finetune_config(job), init_from=str(runs / "pretrained"))
+  start = train_loop.train(cfg, str(tmp_path / "ft"), stop_at_step=0)["state"]
   assert int(start["step"]) == 0
   assert jax.tree.leaves(start["params"]) and jax.tree.leaves(start["batch_stats"])
   for part in ("params", "batch_stats"):
@@ -99,37 +98,37 @@ def _finetune_config(job):
 
 def test_finetuned_run_records_its_origin_and_resumes_its_own_checkpoint(job, capsys):
   runs = job["dir"] / "runs"
-  ft = predict_cli.restore_run(str(runs / "finetuned"), "latest")
+  ft = trained_run.restore_run(str(runs / "finetuned"), "latest")
   assert ft.meta["init_from"]["dir"] == os.path.abspath(runs / "pretrained")
   assert int(ft.meta["step"]) == job["config"].add_class.finetune_steps
   # Rerunning the finished run resumes its own checkpoint; it is not initialised again.
-  seg_train.train(_finetune_config(job), str(runs / "finetuned"))
+  train_loop.train(_finetune_config(job), str(runs / "finetuned"))
   out = capsys.readouterr().out
   assert "Resumed" in out and "Initialised from" not in out
 
 
 def test_mismatched_model_is_a_clear_error(job, tmp_path):
   runs = job["dir"] / "runs"
-  cfg = universal_job.with_fields(_finetune_config(job), **{
+  cfg = with_fields(_finetune_config(job), **{
       "init_from": str(runs / "pretrained"), "model.base_channels": 4})
-  with pytest.raises(seg_train.InitFromError, match=r"pretrained.*base_channels 2 vs 4"):
-    seg_train.train(cfg, str(tmp_path / "wrong"), stop_at_step=0)
+  with pytest.raises(train_loop.InitFromError, match=r"pretrained.*base_channels 2 vs 4"):
+    train_loop.train(cfg, str(tmp_path / "wrong"), stop_at_step=0)
 
 
 def test_init_from_a_folder_that_is_not_a_run_names_it(job, tmp_path):
-  cfg = universal_job.with_fields(_finetune_config(job), **{"init_from": str(tmp_path)})
+  cfg = with_fields(_finetune_config(job), init_from=str(tmp_path))
   with pytest.raises(ValueError, match=str(tmp_path)):
-    seg_train.train(cfg, str(tmp_path / "x"), stop_at_step=0)
-  (tmp_path / seg_train.TRAINED_CLASSES_FILE).write_text("[1]")
-  with pytest.raises(seg_train.InitFromError, match="config.json"):
-    seg_train.train(cfg, str(tmp_path / "y"), stop_at_step=0)
+    train_loop.train(cfg, str(tmp_path / "x"), stop_at_step=0)
+  (tmp_path / trained_run.TRAINED_CLASSES_FILE).write_text("[1]")
+  with pytest.raises(train_loop.InitFromError, match="config.json"):
+    train_loop.train(cfg, str(tmp_path / "y"), stop_at_step=0)
 
 
 def test_given_model_is_extended_with_named_datasets(job, tmp_path):
   """Real-data mode: `init_from` names the trained model, `data.shard_dirs` the new datasets;
   the given model is evaluated, not retrained."""
   data = job["dir"] / "data"
-  c = universal_job.with_fields(job["config"], **{
+  c = with_fields(job["config"], **{
       "init_from": str(job["dir"] / "runs" / "pretrained"),
       "data.shard_dirs": (str(data / "shards" / "phantom_lits"),),
       "data.test_dirs": (str(data / "test_shards" / "phantom_lits"),)})

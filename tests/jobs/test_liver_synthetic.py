@@ -15,10 +15,8 @@ from configs import liver_synthetic
 from dassemble_jax import sharding
 from dassemble_jax.ct import taxonomy
 from dassemble_jax.data import arrayrecord_io
-from dassemble_jax.segmentation import evaluate
-from dassemble_jax.jobs import universal as universal_job
-from dassemble_jax.segmentation import train_loop as seg_train
 from dassemble_jax.jobs import liver_synthetic as liver_synthetic_job
+from dassemble_jax.segmentation import assembly_data, evaluate, train_loop, train_step
 from dassemble_jax.synth import training as synth_training
 
 LIVER_BIT = int(taxonomy.bit(6))
@@ -38,7 +36,7 @@ def data(tmp_path_factory):
   with cfg.unlocked():
     cfg.data.phantom_sources = ("phantom_healthy_liver", "phantom_spleen", "phantom_lits")
   # Converted into the job's own data folder: the job then finds its sources ready.
-  return {"tmp": tmp, "dirs": universal_job.phantom_data(cfg, str(tmp / "run" / "data"))}
+  return {"tmp": tmp, "dirs": assembly_data.phantom_data(cfg, str(tmp / "run" / "data"))}
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +58,7 @@ def test_synthesis_inserts_tumors_only_into_healthy_livers(data):
     cfg.data.shard_dirs = tuple(dirs)
     cfg.synth.prob = 1.0
     cfg.synth.kind_choices = ("medium", "large")
-  iterator = seg_train.make_iterator(cfg, dirs, sharding.make_mesh())
+  iterator = train_loop.make_iterator(cfg, dirs, sharding.make_mesh())
   host = synth_training.mark_eligible(
       {k: np.asarray(v) for k, v in next(iterator).items()}, eligible)
   host = {k: host[k] for k in ("image", "label", "annotated", "source", "synth_ok")}
@@ -111,7 +109,7 @@ def test_job_trains_synthetic_and_real_and_reports_radius_bins(run, data):
   assert sum(r["train/synth_tumor_voxels"] for r in lines) > 0
   # Same shapes every step: the synthesis step compiled once.
   config = ml_collections.ConfigDict(json.load(open(synth_dir / "config.json")))
-  assert seg_train.compiled_for(config, 1).step._cache_size() == 1
+  assert train_step.compiled_for(config, 1).step._cache_size() == 1
 
 
 def _ball(shape, centre, radius_mm, spacing):

@@ -12,9 +12,8 @@ import jax
 import pytest
 
 from configs import liver_synthetic
-from dassemble_jax.jobs import universal
-from dassemble_jax.segmentation import train_loop as seg_train
 from dassemble_jax.jobs import robustness
+from dassemble_jax.segmentation import assembly_data, train_loop
 
 SOURCE = "phantom_healthy_liver"
 
@@ -25,11 +24,11 @@ def trained(tmp_path_factory):
   cfg = liver_synthetic.get_config("tiny")
   cfg.batch_size = jax.device_count()
   cfg.data.phantom_sources = (SOURCE,)
-  data = universal.phantom_data(cfg, str(tmp / "data"))
+  data = assembly_data.phantom_data(cfg, str(tmp / "data"))
   cfg.data.shard_dirs = (str(data["train"][SOURCE]),)
   cfg.data.val_dirs = (str(data["val"][SOURCE]),)
   run_dir = tmp / "run"
-  out = seg_train.train(cfg, str(run_dir))
+  out = train_loop.train(cfg, str(run_dir))
   raw = data["raw_test"][SOURCE]
   return {"tmp": tmp, "run": run_dir, "best_step": out["best_step"],
           "ct": raw / "images" / "liver_000.nii.gz", "seg": raw / "labels" / "liver_000.nii.gz"}

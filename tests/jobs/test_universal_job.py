@@ -14,10 +14,9 @@ import numpy as np
 import pytest
 
 from configs import universal
-from dassemble_jax import predict as predict_cli
 from dassemble_jax.ct.nifti_io import CaseError
 from dassemble_jax.jobs import universal as universal_job
-from dassemble_jax.segmentation import train_loop as seg_train
+from dassemble_jax.segmentation import assembly_data, evaluate, reports, train_loop, trained_run
 
 
 def _tiny(tmp, **overrides):
@@ -28,7 +27,7 @@ def _tiny(tmp, **overrides):
   for k, v in overrides.items():
     node, leaf = k.split(".") if "." in k else (None, k)
     (c[node] if node else c)[leaf] = v
-  return universal_job.with_phantom_data(c, str(tmp / "data_root"))
+  return assembly_data.with_phantom_data(c, str(tmp / "data_root"))
 
 
 @pytest.fixture(scope="module")
@@ -36,11 +35,11 @@ def runs(tmp_path_factory):
   tmp = tmp_path_factory.mktemp("universal")
   cfg = _tiny(tmp)
   resumed_dir, straight_dir = str(tmp / "resumed"), str(tmp / "straight")
-  first = seg_train.train_and_evaluate(cfg, resumed_dir, stop_at_step=2)
-  second = seg_train.train_and_evaluate(cfg, resumed_dir)
-  straight = seg_train.train(cfg, straight_dir)
+  first = train_loop.train_and_evaluate(cfg, resumed_dir, stop_at_step=2)
+  second = train_loop.train_and_evaluate(cfg, resumed_dir)
+  straight = train_loop.train(cfg, straight_dir)
   return {"tmp": tmp, "cfg": cfg, "first": first, "second": second, "straight": straight,
-          "dir": resumed_dir, "data": universal_job.phantom_data(cfg, str(tmp / "data_root"))}
+          "dir": resumed_dir, "data": assembly_data.phantom_data(cfg, str(tmp / "data_root"))}
 
 
 def test_interrupted_run_resumes_exactly(runs):
@@ -51,7 +50,7 @@ def test_interrupted_run_resumes_exactly(runs):
   # Resumed params == uninterrupted params: state, schedule, step rng and Grain position all
   # came back from the checkpoint.
   comp = runs["straight"]["compiled"]
-  restored = predict_cli.load_model(runs["dir"], checkpoint="latest")
+  restored = trained_run.load_model(runs["dir"], checkpoint="latest")
   straight = jax.device_get(runs["straight"]["state"]["params"])
   resumed = jax.device_get(restored.variables[0])
   for a, b in zip(jax.tree.leaves(straight), jax.tree.leaves(resumed)):
@@ -75,10 +74,10 @@ def test_evaluation_skips_unannotated_classes(runs):
 
 
 def test_predicted_nifti_keeps_the_affine(runs, tmp_path):
-  loaded = predict_cli.load_model(runs["dir"])
+  loaded = trained_run.load_model(runs["dir"])
   raw = runs["data"]["raw_test"]["phantom_lits"]
   image = next(iter(sorted(raw.glob("volume-*.nii.gz"))))
-  results = list(predict_cli.predict_with(loaded, image, tmp_path / "out", per_class=True))
+  results = list(loaded.predict_paths(image, tmp_path / "out", per_class=True))
   assert len(results) == 1
   src, out = nib.load(image), nib.load(results[0].label_map)
   np.testing.assert_allclose(out.affine, src.affine, atol=1e-6)
@@ -90,17 +89,17 @@ def test_predicted_nifti_keeps_the_affine(runs, tmp_path):
 
 
 def test_bad_nifti_gives_a_clear_error(runs, tmp_path):
-  loaded = predict_cli.load_model(runs["dir"])
+  loaded = trained_run.load_model(runs["dir"])
   corrupt = tmp_path / "corrupt.nii.gz"
   corrupt.write_bytes(b"\x1f\x8b not a nifti at all")
   with pytest.raises(CaseError, match="corrupt.nii.gz"):
-    list(predict_cli.predict_with(loaded, corrupt, tmp_path / "out"))
+    list(loaded.predict_paths(corrupt, tmp_path / "out"))
   four_d = tmp_path / "four_d.nii.gz"
   nib.save(nib.Nifti1Image(np.zeros((8, 8, 8, 2), np.int16), np.eye(4)), four_d)
   with pytest.raises(CaseError, match="four_d.nii.gz"):
-    list(predict_cli.predict_with(loaded, four_d, tmp_path / "out"))
-  with pytest.raises(predict_cli.ModelDirError, match="config.json"):
-    predict_cli.load_model(str(tmp_path))
+    list(loaded.predict_paths(four_d, tmp_path / "out"))
+  with pytest.raises(trained_run.ModelDirError, match="config.json"):
+    trained_run.load_model(str(tmp_path))
 
 
 def test_predict_cli_on_a_folder_shows_progress_and_fails_clearly(runs, tmp_path):
@@ -131,10 +130,10 @@ def test_predict_cli_on_a_folder_shows_progress_and_fails_clearly(runs, tmp_path
 def test_comparison_table_lists_each_model():
   nan = float("nan")
   summary = lambda d: {"eval": {"summary": {"all": {"dsc": d, "mean_dsc": nan}}}}
-  blank = {c: None for c in universal_job.evaluate.CLASS_NAMES}
+  blank = {c: None for c in trained_run.CLASS_NAMES}
   results = {"assembly": summary(blank | {"liver": 0.9, "spleen": 0.8}) | {"step": 400},
              "phantom_lits": summary(blank | {"liver": 0.7}) | {"step": 100}}
-  text, table = universal_job.comparison_table(results)
+  text, table = reports.comparison_table(results)
   assert table["classes"] == ["spleen", "liver"]
   assert "on phantom_lits's 1 classes: assembly 0.900 vs phantom_lits 0.700" in text
   assert "(training steps)" in text and "400" in text
@@ -158,28 +157,25 @@ def _best_step(workdir) -> int:
 
 
 def test_best_checkpoint_has_the_highest_validation_score(runs):
-  from dassemble_jax.segmentation import evaluate
   lines = [json.loads(line) for line in open(os.path.join(runs["dir"], "metrics.jsonl"))]
   scores = {r["step"]: r["val/mean_dsc"] for r in lines if "val/mean_dsc" in r}
   assert sorted(scores) == [2, 3]  # eval_every 2 and the last step, across the resume
   best = max(scores, key=lambda s: (scores[s], -s))  # the first of equal scores stays
   assert _best_step(runs["dir"]) == best
-  assert evaluate.load_model(runs["dir"]).step == best
-  assert predict_cli.load_model(runs["dir"]).step == best  # the CLI's default
+  assert trained_run.load_model(runs["dir"]).step == best  # the CLI's default
   # The latest is kept for resuming.
-  assert predict_cli.load_model(runs["dir"], checkpoint="latest").step == 3
+  assert trained_run.load_model(runs["dir"], checkpoint="latest").step == 3
 
 
 def test_best_checkpoint_is_selected_and_survives_a_resume(runs, monkeypatch):
-  from dassemble_jax.segmentation import evaluate
   cfg = runs["cfg"].copy_and_resolve_references()
   cfg.eval_every = 1
   scripted = {1: 0.2, 2: 0.5, 3: 0.3}
   monkeypatch.setattr(evaluate.Validator, "score",
                       lambda self, state: scripted[int(jax.device_get(state["step"]))])
   workdir = runs["tmp"] / "scripted"
-  seg_train.train(cfg, str(workdir), stop_at_step=2)
-  trained = seg_train.train(cfg, str(workdir))  # resumes at 2; 0.3 at step 3 is no better
+  train_loop.train(cfg, str(workdir), stop_at_step=2)
+  trained = train_loop.train(cfg, str(workdir))  # resumes at 2; 0.3 at step 3 is no better
   assert trained["best_step"] == 2 and trained["best_score"] == 0.5
   assert _best_step(workdir) == 2
   # Evaluation uses the best state, not the last one.
@@ -187,6 +183,6 @@ def test_best_checkpoint_is_selected_and_survives_a_resume(runs, monkeypatch):
   last = jax.tree.leaves(jax.device_get(trained["state"]["params"]))
   assert int(jax.device_get(trained["eval_state"]["step"])) == 2
   assert any(not np.array_equal(a, b) for a, b in zip(best, last))
-  restored = evaluate.load_model(str(workdir))
+  restored = trained_run.load_model(str(workdir))
   for a, b in zip(best, jax.tree.leaves(jax.device_get(restored.variables[0]))):
     np.testing.assert_array_equal(a, b)

@@ -16,8 +16,7 @@ from dassemble_jax import sharding
 from dassemble_jax.ct import bitmask
 from dassemble_jax.models import universal_head as uh
 from dassemble_jax.segmentation import fused_heads as fh
-from dassemble_jax.segmentation import seg_losses
-from dassemble_jax.segmentation import train_loop as seg_train
+from dassemble_jax.segmentation import seg_losses, train_step
 
 KERNEL = (16, 2, 4)  # 16-voxel tiles, 2 per program: 32-voxel chunks
 
@@ -120,7 +119,7 @@ def test_train_step_with_fused_heads_gives_the_blockdiag_step():
   metrics = {}
   for impl in ("blockdiag", "fused"):
     c.model.head_impl = impl
-    comp = seg_train.compiled_for(c, table.shape[1])
+    comp = train_step.compiled_for(c, table.shape[1])
     dev_batch = sharding.put_batch(batch, comp.mesh, c.batch_size)
     _, m = comp.step(comp.init_state(), dev_batch, sharding.put_replicated(table, comp.mesh))
     metrics[impl] = {k: float(v) for k, v in m.items()}

@@ -1,0 +1,79 @@
+"""How a config predicts: the sliding-window and thresholding settings, resolved once.
+
+Validation during training, the held-out evaluation, the predict CLI and the robustness benchmark
+all predict through `inference.predict_volume`; each used to build its arguments from the config
+by hand, and the copies drifted. `InferenceSpec.from_config` is the one place that reads them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from dassemble_jax.ct import taxonomy
+from dassemble_jax.models.universal_head import DEFAULT_HEAD_IMPL
+
+# A class the model never saw a label of is never predicted: its threshold is above any
+# probability.
+_NEVER = 2.0
+
+
+@dataclasses.dataclass(frozen=True)
+class InferenceSpec:
+  """The settings that turn a model into masks (hashable: tuples, not arrays)."""
+  window: tuple[int, int, int]      # sliding-window size in voxels (the training crop)
+  overlap: float                    # fraction shared by neighbouring windows, per axis
+  sw_batch_size: int                # windows per model call
+  sigma_scale: float                # Gaussian importance weighting: sigma / window
+  threshold: float                  # probability threshold of every trained class
+  trained: tuple[bool, ...]         # (32,) classes the model was taught; the others never
+  postprocess: bool                 # the anchor's post-processing (LCC, lung split, lesions)
+  spacing: float                    # model voxel size in mm (inputs are resampled to it)
+  nsd_tolerance_mm: float           # NSD tolerance of the evaluation
+  head_impl: str                    # dynamic-head implementation the model was built with
+  dtype: str                        # compute dtype name ('float32', 'bfloat16')
+
+  @classmethod
+  def from_config(cls, config, trained: Sequence[bool] | np.ndarray | None = None,
+                  **overrides: Any) -> InferenceSpec:
+    """The spec of a run's config; `trained` (32,) bool defaults to every class; overrides
+    replace single fields (e.g. sw_batch_size from a command line)."""
+    e = config.eval
+    trained = (np.ones(taxonomy.NUM_CLASSES, bool) if trained is None
+               else np.asarray(trained, bool))
+    spec = cls(window=(int(config.crop_size),) * 3, overlap=float(e.overlap),
+               sw_batch_size=int(e.sw_batch_size),
+               sigma_scale=float(e.get("sigma_scale", 0.125)), threshold=float(e.threshold),
+               trained=tuple(bool(t) for t in trained), postprocess=bool(e.postprocess),
+               spacing=float(config.data.spacing),
+               nsd_tolerance_mm=float(e.get("nsd_tolerance_mm", 2.0)),
+               head_impl=str(config.model.get("head_impl", DEFAULT_HEAD_IMPL)),
+               dtype=str(config.compute_dtype))
+    return dataclasses.replace(spec, **overrides) if overrides else spec
+
+  def replace(self, **fields: Any) -> InferenceSpec:
+    return dataclasses.replace(self, **fields)
+
+  @property
+  def trained_mask(self) -> np.ndarray:
+    return np.asarray(self.trained, bool)
+
+  @property
+  def thresholds(self) -> np.ndarray:
+    """(32,) float32 per-class thresholds: `threshold` for trained classes, never otherwise."""
+    return np.where(self.trained_mask, self.threshold, _NEVER).astype(np.float32)
+
+  def volume_kwargs(self, *, postprocess: bool | None = None) -> dict:
+    """Keyword arguments of `inference.predict_volume` for a volume already in the model grid
+    (postprocess=False: the cheap validation score during training)."""
+    return {"window": self.window, "overlap": self.overlap, "sw_batch_size": self.sw_batch_size,
+            "sigma_scale": self.sigma_scale, "thresholds": self.thresholds,
+            "postprocess": self.postprocess if postprocess is None else postprocess}
+
+  def file_kwargs(self) -> dict:
+    """Keyword arguments of `inference.predict_file` / `predict_paths` (a scan in its own grid,
+    resampled to `spacing` and back)."""
+    return {"spacing": self.spacing, **self.volume_kwargs()}

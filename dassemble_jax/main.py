@@ -40,8 +40,8 @@ def main(argv):
   config = _CONFIG.value
   job = config.get("job", "classification")
   if job == "classification":
-    from dassemble_jax.classification import trainer
-    trainer.train_and_evaluate(config, _WORKDIR.value)
+    from dassemble_jax.jobs import classify
+    classify.train_and_evaluate(config, _WORKDIR.value)
   elif job == "universal":
     from dassemble_jax.jobs import universal as universal_job
     universal_job.run(config, _WORKDIR.value)

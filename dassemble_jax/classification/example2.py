@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.stats
 
-from dassemble_jax.classification import config_base
+from dassemble_jax.classification import experiments
 from dassemble_jax.classification import multirun
 
 DIGITS = tuple(range(10))
@@ -21,15 +21,14 @@ NUM_TRAIN, NUM_VAL = 500, 250  # per setting; 10 settings x 5 seeds must fit a 2
 
 def settings(interest: str, *, tiny: bool = False):
   """[(name, config)]: 'only c', then '+j' for every other digit j."""
-  from configs import mnist_zero  # pylint: disable=import-outside-toplevel
   out = []
   for j in [None] + [str(d) for d in DIGITS if str(d) != interest]:
-    c = mnist_zero.get_config("zero")
+    c = experiments.mnist_zero("zero")
     classes = (interest,) if j is None else (interest, j)
-    c.data.sources = (config_base.source("S", classes, NUM_TRAIN, NUM_VAL, members=DIGITS),)
+    c.data.sources = (experiments.source("S", classes, NUM_TRAIN, NUM_VAL, members=DIGITS),)
     c.data.label_space = classes
     out.append((f"only {interest}" if j is None else f"+{j}",
-                config_base.make_tiny(c) if tiny else c))
+                experiments.make_tiny(c) if tiny else c))
   return out
 
 

@@ -3,15 +3,12 @@
 An experiment table is settings x seeds of small runs. Runs whose arrays have the same shapes and
 whose training recipe is the same (only the seed and the data drawn differ) are stacked on a
 leading "run" axis: parameters, optimiser states, keys, epoch orderings and (when they differ)
-the data. One compiled call trains every run for one epoch (the steps in `lax.scan`, the runs in
-`vmap`) and scores the validation split; the host picks each run's best epoch on its own
-validation AUC and keeps those parameters (a `where` on the device); the test split is scored
-once with each run's best parameters.
-
-Per run the arithmetic is that of `trainer.train_and_evaluate` with the same config: init from
-key(seed), step keys fold_in(key(seed + 1), step), epoch orders permutation(fold_in(key(seed +
-2), epoch)), the same model, optimiser, augmentation and masked loss, best epoch by the mean
-validation AUC (strictly greater). tests/classification/test_multirun.py checks the two agree.
+the data. The trainer's init, step and epoch loop (`trainer.py`: the same ones the single run of
+`jobs/classify.py` uses) run under `vmap` over that axis; after each epoch the validation split
+is scored, the host picks each run's best epoch on its own validation AUC and keeps those
+parameters (a `where` on the device); the test split is scored once with each run's best
+parameters. Best epoch as the single run: the mean validation AUC, strictly greater.
+tests/classification/test_multirun.py checks the two agree.
 """
 
 from __future__ import annotations
@@ -24,18 +21,13 @@ from typing import Any, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
-from flax import nnx
 
-from dassemble_jax.classification import augment
-from dassemble_jax.classification import losses
-from dassemble_jax.classification import metrics
-from dassemble_jax.classification import semisup
-from dassemble_jax.classification import trainer
 from dassemble_jax.classification import assembly
+from dassemble_jax.classification import metrics
 from dassemble_jax.classification import prepare
+from dassemble_jax.classification import trainer
 
-_TRAIN_FIELDS = ("image", "targets", "known")
+_TRAIN_FIELDS = trainer.TRAIN_FIELDS
 
 
 @dataclasses.dataclass
@@ -80,11 +72,6 @@ def load_splits(config) -> dict[str, dict[str, np.ndarray]]:
   return _SPLITS[fp]
 
 
-def clear_cache() -> None:
-  _RAW.clear()
-  _SPLITS.clear()
-
-
 def _recipe_key(config) -> str:
   """What must be equal for runs to share a program: everything but the seeds and the data."""
   d = config.to_dict()
@@ -115,17 +102,17 @@ def _stack(arrays: list[np.ndarray]):
 
 
 # ------------------------------------------------------------------------------------------------
-# The per-run program (vmapped by `Program`).
-
-def _semisup_cfg(config):
-  cfg = config.get("semisup") if hasattr(config, "get") else None
-  return cfg if cfg is not None and cfg.enabled else None
-
+# The program of a group: the trainer's init, step and epoch, vmapped over the runs.
 
 class Program:
-  """Compiled init / epoch / select / predict functions for one recipe and shape."""
+  """init / epoch / predict for R stacked runs of one recipe and shape.
 
-  def __init__(self, config, num_classes: int, in_channels: int, num_train: int):
+  data_axes: {field: 0 or None} of the training arrays, 0 where each run has its own (see
+  `trainer.ResidentEpoch`).
+  """
+
+  def __init__(self, config, num_classes: int, in_channels: int, num_train: int,
+               data_axes: dict | None = None):
     if config.model.get("arch", "resnet") != "resnet":
       # airbench's whitening filters come from each run's training images (trainer.init_from_data),
       # which the vmapped init here does not see: refuse rather than train with the identity.
@@ -138,89 +125,41 @@ class Program:
                        "examples")
     self.total_steps = self.steps_per_epoch * config.num_epochs
     self.tx = trainer.build_optimizer(config, self.total_steps)
-    self.ssl = _semisup_cfg(config)
-    abstract = nnx.eval_shape(lambda: trainer.build_model(config, num_classes, in_channels,
-                                                        rngs=nnx.Rngs(0)))
-    self.train_def = nnx.graphdef(abstract)
-    abstract.eval()
-    self.eval_def = nnx.graphdef(abstract)
-    self.num_classes, self.in_channels = num_classes, in_channels
+    train_def, eval_def = trainer.graph_defs(config, num_classes, in_channels)
+    init = trainer.make_init(config, num_classes, in_channels, self.tx)
+    self.init = jax.jit(jax.vmap(lambda seed: init(jax.random.key(seed))))
+    step = trainer.make_train_step(config, train_def, self.tx, eval_def=eval_def)
+    self.epoch = trainer.ResidentEpoch(
+        config, step, self.steps_per_epoch, config.batch_size,
+        data_axes=dict.fromkeys(_TRAIN_FIELDS) if data_axes is None else data_axes)
+    self._predict_one = trainer.make_predict_fn(eval_def)
+    self._predict: dict = {}
 
-  # --- one run ---
-  def init(self, seed):
-    model = trainer.build_model(self.config, self.num_classes, self.in_channels,
-                              rngs=nnx.Rngs(jax.random.key(seed)))
-    _, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
-    state = {"step": jnp.zeros((), jnp.int32), "params": params, "batch_stats": batch_stats,
-             "opt_state": self.tx.init(params)}
-    if self.ssl is not None and self.ssl.teacher == "ema":
-      state["teacher"] = jax.tree.map(jnp.copy, params)
-    return state
+  def predict(self, params, images, axis=None):
+    """Scores (runs, N, C) of images (N, ...) or, axis=0, (runs, N, ...); params: each run's
+    {'params', 'batch_stats'}. In fixed chunks of eval_batch_size (lax.map: bounded memory)."""
+    key = (axis, tuple(images.shape))
+    if key not in self._predict:
+      self._predict[key] = jax.jit(jax.vmap(self._chunked, in_axes=(0, axis)))
+    return self._predict[key](params, images)
 
-  def _loss(self, params, batch_stats, teacher, batch, key, step):
-    config = self.config
-    batch_stats = jax.tree.map(lambda x: x, batch_stats)  # fresh Variables (BatchNorm mutates)
-    model = nnx.merge(self.train_def, params, batch_stats)
-    if self.ssl is None:
-      images = augment.apply(config.augment, key, batch["image"])
-      logits = model(images.astype(jnp.float32) / 255.0)
-      loss = losses.masked_bce(logits, batch["targets"], batch["known"])
-      return loss, (nnx.state(model, nnx.BatchStat), {"sup": loss})
-    cfg = self.ssl
-    weak, strong = semisup.views(cfg, key, batch["image"],
-                                 flip=config.augment == "flip_translate")
-    b = weak.shape[0]
-    logits = model(jnp.concatenate([weak, strong]))  # one forward for both views: (2B, C)
-    z_weak, z_strong = logits[:b], logits[b:]
-    sup = losses.masked_bce(z_weak, batch["targets"], batch["known"])
-    p_target = None
-    if teacher is not None:
-      t_model = nnx.merge(self.eval_def, teacher, jax.lax.stop_gradient(batch_stats))
-      p_target = jax.lax.stop_gradient(jax.nn.sigmoid(t_model(weak)))
-    extra = semisup.semisup_losses(jax.nn.sigmoid(z_weak), jax.nn.sigmoid(z_strong),
-                                   batch["known"], tau=cfg.tau, temperature=cfg.temperature,
-                                   stop_gradient=cfg.stop_gradient, p_target=p_target)
-    w = semisup.rampup(step, cfg.rampup_steps)
-    loss = sup + w * (cfg.pseudo_weight * extra["pseudo"]
-                      + cfg.consistency_weight * extra["consistency"])
-    return loss, (nnx.state(model, nnx.BatchStat), {"sup": sup, **extra})
+  def compile_predict(self, params, images, axis=None) -> None:
+    """Compiles `predict` for these arguments (arrays or shapes) ahead of the first call."""
+    fn = jax.jit(jax.vmap(self._chunked, in_axes=(0, axis)))
+    self._predict[(axis, tuple(images.shape))] = fn.lower(params, images).compile()
 
-  def step(self, state, batch, seed):
-    key = jax.random.fold_in(jax.random.key(seed + 1), state["step"])
-    teacher = state.get("teacher")
-    (loss, (batch_stats, parts)), grads = jax.value_and_grad(self._loss, has_aux=True)(
-        state["params"], state["batch_stats"], teacher, batch, key, state["step"])
-    updates, opt_state = self.tx.update(grads, state["opt_state"], state["params"])
-    params = optax.apply_updates(state["params"], updates)
-    new = {"step": state["step"] + 1, "params": params, "batch_stats": batch_stats,
-           "opt_state": opt_state}
-    if teacher is not None:
-      new["teacher"] = semisup.ema_update(teacher, params, self.ssl.ema_decay)
-    return new, {"loss": loss, "grad_norm": optax.tree.norm(grads), **parts}
-
-  def epoch(self, state, train_data, val_images, seed, epoch):
-    """Trains one epoch (steps in lax.scan) and scores the validation images."""
-    n = train_data["image"].shape[0]
-    bs = self.config.batch_size
-    perm = jax.random.permutation(jax.random.fold_in(jax.random.key(seed + 2), epoch), n)
-    perm = perm[: self.steps_per_epoch * bs].reshape(self.steps_per_epoch, bs)
-
-    def body(state, idx):
-      return self.step(state, {k: train_data[k][idx] for k in _TRAIN_FIELDS}, seed)
-
-    state, per_step = jax.lax.scan(body, state, perm)
-    return state, jax.tree.map(jnp.mean, per_step), self.predict(state, val_images)
-
-  def predict(self, state, images):
-    """Sigmoid scores (N, C) in fixed chunks of eval_batch_size (lax.map: bounded memory)."""
+  def _chunked(self, params, images):
     eb = self.config.eval_batch_size
     n = images.shape[0]
     padded = -(-n // eb) * eb
     images = jnp.concatenate([images, jnp.zeros((padded - n,) + images.shape[1:], images.dtype)])
-    model = nnx.merge(self.eval_def, state["params"], state["batch_stats"])
     chunks = images.reshape((padded // eb, eb) + images.shape[1:])
-    out = jax.lax.map(lambda x: jax.nn.sigmoid(model(x.astype(jnp.float32) / 255.0)), chunks)
+    out = jax.lax.map(lambda x: self._predict_one(params, x), chunks)
     return out.reshape(padded, -1)[:n]
+
+
+def _params(state):
+  return {k: state[k] for k in ("params", "batch_stats")}
 
 
 def _select(is_best, new, best):
@@ -237,75 +176,28 @@ def _select(is_best, new, best):
 _COMPILED: dict = {}
 
 
-def _epoch_mode(config) -> str:
-  """'scan' (accelerators) or 'loop' (CPU: XLA:CPU runs convolutions inside a while loop ~10x
-  slower than the same step dispatched from Python; see trainer.resident_epoch_mode)."""
-  mode = config.get("epoch_mode", "auto")
-  if mode == "auto":
-    mode = "loop" if jax.default_backend() == "cpu" else "scan"
-  if mode not in ("scan", "loop"):
-    raise ValueError(f"epoch_mode must be 'auto', 'scan' or 'loop', got {mode!r}")
-  return mode
-
-
 def _compiled(config, splits, seeds_arr, train_axes, val_axis, test_axis, data, val_images,
               test_images):
-  """AOT-compiled (init, epoch, select, predict) for this recipe/shape/run count (cached)."""
+  """(program, select), compiled ahead of time for this recipe/shape/run count (cached)."""
   num_classes = splits["train"]["targets"].shape[-1]
   in_channels = splits["train"]["image"].shape[-1]
-  mode = _epoch_mode(config)
+  mode = trainer.resident_epoch_mode(config)
   key = (_recipe_key(config), _shape_key(splits), len(seeds_arr), train_axes, val_axis,
          test_axis, mode)
   if key in _COMPILED:
     return _COMPILED[key]
-  prog = Program(config, num_classes, in_channels, splits["train"]["image"].shape[0])
-  init = jax.jit(jax.vmap(prog.init)).lower(seeds_arr).compile()
-  state_shape = jax.eval_shape(jax.vmap(prog.init), seeds_arr)
-  train_axes = dict(train_axes)
-  if mode == "scan":
-    epoch = jax.jit(jax.vmap(prog.epoch, in_axes=(0, train_axes, val_axis, 0, None)),
-                    donate_argnums=0).lower(state_shape, data, val_images, seeds_arr,
-                                            jnp.int32(0)).compile()
-  else:
-    epoch = _loop_epoch(prog, state_shape, data, train_axes, val_images, val_axis, seeds_arr)
-  best_shape = {k: state_shape[k] for k in ("params", "batch_stats")}
+  prog = Program(config, num_classes, in_channels, splits["train"]["image"].shape[0],
+                 dict(train_axes))
+  state_shape = jax.eval_shape(prog.init, seeds_arr)
+  prog.init = prog.init.lower(seeds_arr).compile()
+  prog.epoch.compile(state_shape, data, seeds_arr, jnp.int32(0))
+  best_shape = _params(state_shape)
+  for images, axis in ((val_images, val_axis), (test_images, test_axis)):
+    prog.compile_predict(best_shape, images, axis)
   select = jax.jit(_select).lower(jax.ShapeDtypeStruct(seeds_arr.shape, bool), best_shape,
                                   best_shape).compile()
-  predict = jax.jit(jax.vmap(prog.predict, in_axes=(0, test_axis))).lower(
-      best_shape, test_images).compile()
-  _COMPILED[key] = (prog, init, epoch, select, predict)
+  _COMPILED[key] = (prog, select)
   return _COMPILED[key]
-
-
-def _loop_epoch(prog, state_shape, data, train_axes, val_images, val_axis, seeds_arr):
-  """The epoch of `Program.epoch` as a Python loop over one compiled, vmapped step."""
-  n = data["image"].shape[1 if train_axes["image"] == 0 else 0]
-  bs, steps = prog.config.batch_size, prog.steps_per_epoch
-
-  def order(seed, epoch):  # the permutation Program.epoch draws
-    perm = jax.random.permutation(jax.random.fold_in(jax.random.key(seed + 2), epoch), n)
-    return perm[: steps * bs].reshape(steps, bs)
-
-  def one_step(state, data, idx, seed):
-    return prog.step(state, {k: data[k][idx] for k in _TRAIN_FIELDS}, seed)
-
-  order_fn = jax.jit(jax.vmap(order, in_axes=(0, None))).lower(seeds_arr, jnp.int32(0)).compile()
-  idx_shape = jax.ShapeDtypeStruct((len(seeds_arr), bs), jnp.int32)
-  step_fn = jax.jit(jax.vmap(one_step, in_axes=(0, train_axes, 0, 0)), donate_argnums=0).lower(
-      state_shape, data, idx_shape, seeds_arr).compile()
-  val_fn = jax.jit(jax.vmap(prog.predict, in_axes=(0, val_axis))).lower(
-      {k: state_shape[k] for k in ("params", "batch_stats")}, val_images).compile()
-
-  def epoch(state, data, val_images, seeds, ep):
-    idx = order_fn(seeds, ep)  # (runs, steps, batch)
-    sums = None
-    for i in range(steps):
-      state, m = step_fn(state, data, idx[:, i], seeds)
-      sums = m if sums is None else jax.tree.map(jnp.add, sums, m)
-    scores = val_fn({k: state[k] for k in ("params", "batch_stats")}, val_images)
-    return state, jax.tree.map(lambda x: x / steps, sums), scores
-
-  return epoch
 
 
 def run_group(runs: Sequence[Run], *, verbose: bool = True) -> list[dict]:
@@ -323,7 +215,7 @@ def run_group(runs: Sequence[Run], *, verbose: bool = True) -> list[dict]:
   train_axes_t = tuple(sorted(train_axes.items()))
 
   t0 = time.perf_counter()
-  prog, init, epoch_fn, select, predict = _compiled(
+  prog, select = _compiled(
       config, splits, seeds_arr, train_axes_t, val_axis, test_axis, data, val_images,
       test_images)
   compile_s = time.perf_counter() - t0
@@ -331,15 +223,16 @@ def run_group(runs: Sequence[Run], *, verbose: bool = True) -> list[dict]:
   t0 = time.perf_counter()
   data = jax.device_put(data)
   val_images, test_images = jax.device_put(val_images), jax.device_put(test_images)
-  state = init(seeds_arr)
-  best = jax.tree.map(jnp.copy, {k: state[k] for k in ("params", "batch_stats")})
+  state = prog.init(seeds_arr)
+  best = jax.tree.map(jnp.copy, _params(state))
   n = len(runs)
   best_val = np.full(n, -1.0)
   best_epoch = np.zeros(n, int)
   history = []
   for ep in range(1, config.num_epochs + 1):
-    state, m, val_scores = epoch_fn(state, data, val_images, seeds_arr, jnp.int32(ep))
-    val_scores, m = np.asarray(val_scores), jax.device_get(m)
+    state, m = prog.epoch(state, data, seeds_arr, jnp.int32(ep))
+    val_scores = np.asarray(prog.predict(_params(state), val_images, val_axis))
+    m = jax.device_get(m)
     if not np.all(np.isfinite(m["loss"])):
       raise FloatingPointError(f"loss became {m['loss']} in epoch {ep}; lower the learning rate")
     val_mean = np.array([
@@ -349,12 +242,12 @@ def run_group(runs: Sequence[Run], *, verbose: bool = True) -> list[dict]:
     is_best = val_mean > best_val
     best_val = np.where(is_best, val_mean, best_val)
     best_epoch = np.where(is_best, ep, best_epoch)
-    best = select(jnp.asarray(is_best), {k: state[k] for k in ("params", "batch_stats")}, best)
+    best = select(jnp.asarray(is_best), _params(state), best)
     history.append({"epoch": ep, "loss": m["loss"].tolist(), "val_mean_auc": val_mean.tolist()})
     if verbose:
       print(f"  [{runs[0].setting} x{n}] epoch {ep}/{config.num_epochs} loss "
             f"{np.mean(m['loss']):.4f} val AUC {100 * np.mean(val_mean):.2f}", flush=True)
-  test_scores = np.asarray(predict(best, test_images))
+  test_scores = np.asarray(prog.predict(best, test_images, test_axis))
   train_s = time.perf_counter() - t0
   images_trained = n * prog.total_steps * config.batch_size
   out = []

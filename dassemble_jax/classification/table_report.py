@@ -1,7 +1,7 @@
 """A result table (per-class test AUC, mean +- std over seeds) as markdown, JSON and a PNG chart.
 
-Every file is written to a temporary name and renamed, so an interrupted run leaves nothing
-half-written.
+Every file is written through `atomic` (a temporary name, then a rename), so an interrupted run
+leaves nothing half-written.
 """
 
 from __future__ import annotations
@@ -12,12 +12,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-
-def _atomic_write(path: str, data: bytes | str) -> None:
-  tmp = path + ".tmp"
-  with open(tmp, "wb") as f:
-    f.write(data.encode() if isinstance(data, str) else data)
-  os.replace(tmp, path)
+from dassemble_jax import atomic
 
 
 def class_order(summary: Mapping[str, Mapping[str, dict]], preferred: Sequence[str] = ()) -> list:
@@ -72,9 +67,8 @@ def bar_chart(path: str, summary, columns: Sequence[str], classes: Sequence[str]
   ax.set_title(title)
   ax.legend(fontsize=7, ncol=min(5, len(columns)))
   fig.tight_layout()
-  tmp = path + ".tmp.png"
-  fig.savefig(tmp, dpi=110, format="png")
-  os.replace(tmp, path)
+  with atomic.temporary_path(path) as tmp:
+    fig.savefig(tmp, dpi=110, format="png")
 
 
 def write_table(workdir: str, name: str, summary, columns: Sequence[str], *,
@@ -85,11 +79,12 @@ def write_table(workdir: str, name: str, summary, columns: Sequence[str], *,
   classes = class_order({c: summary[c] for c in columns}, classes)
   md = markdown(summary, columns, classes, seed_table)
   paths = {ext: os.path.join(workdir, f"{name}.{ext}") for ext in ("md", "json", "png")}
-  _atomic_write(paths["md"], f"# {title or name}\n\nPer-class test AUC (%), mean ± std over "
-                f"seeds.\n\n{md}\n")
-  _atomic_write(paths["json"], json.dumps({"name": name, "columns": list(columns),
-                                           "classes": classes, "summary": summary,
-                                           "seed_table": seed_table, **(extra or {})},
-                                          indent=1, default=float))
+  # Bytes: the text has '±', whatever the locale's default encoding.
+  atomic.write_bytes(paths["md"], f"# {title or name}\n\nPer-class test AUC (%), mean ± std over "
+                     f"seeds.\n\n{md}\n".encode())
+  atomic.write_bytes(paths["json"], json.dumps({"name": name, "columns": list(columns),
+                                                "classes": classes, "summary": summary,
+                                                "seed_table": seed_table, **(extra or {})},
+                                               indent=1, default=float).encode())
   bar_chart(paths["png"], summary, columns, classes, title or name)
   return paths

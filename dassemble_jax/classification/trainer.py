@@ -1,18 +1,22 @@
-"""Train and evaluate a label-assembled multi-label classifier.
+"""The label-assembly classifier's trainer: one model, one train step, one epoch loop.
 
-`train_and_evaluate(config, workdir)` is the whole job: convert the data (once), build a mesh
-over every device of every process, initialise a replicated state with a jitted init, train with
-a jitted, donated step (a whole epoch per compiled call when the data is resident on the device,
-a Python loop over Grain batches otherwise), pick the best epoch on the validation split, and
-report per-class ROC AUC on the test split. Checkpoints after every epoch; a rerun resumes.
+Both ways of training are built from these pieces: the single run of `jobs/classify.py` (state
+replicated over a mesh of every device, batches sharded, checkpoints) and the vmapped runs of
+`multirun.py` (an experiment table's seeds stacked on a leading axis, one program). So a run of
+the same config does the same arithmetic either way:
+
+  init      model from key(seed) (and an EMA teacher when semi-supervision asks for one)
+  step      rng = fold_in(key(seed + 1), step); on-device augmentation, masked BCE on the known
+            labels (+ pseudo-label and consistency terms on the unknown ones, `config.semisup`),
+            clipped AdamW under a warm-up cosine schedule
+  epoch     a fresh permutation(fold_in(key(seed + 2), epoch)) of the resident examples, the
+            steps either in `lax.scan` (one compiled call) or as a Python loop of compiled steps
+            (`resident_epoch_mode`); streamed (Grain) batches always loop
 """
 
 from __future__ import annotations
 
-import itertools
-import json
-import os
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -20,19 +24,16 @@ import numpy as np
 import optax
 from flax import nnx
 
-from dassemble_jax.classification import augment
-from dassemble_jax import checkpointing
-from dassemble_jax.classification import losses
-from dassemble_jax import metric_writer
-from dassemble_jax.classification import metrics
+from dassemble_jax import optimizer
 from dassemble_jax import sharding
-from dassemble_jax.data import arrayrecord_io
-from dassemble_jax.classification import prepare
+from dassemble_jax.classification import augment
+from dassemble_jax.classification import losses
+from dassemble_jax.classification import semisup
 from dassemble_jax.models import airbench
 from dassemble_jax.models import classifier
 
-State = dict[str, Any]  # {'step', 'params', 'batch_stats', 'opt_state'}
-_TRAIN_FIELDS = ("image", "targets", "known")
+State = dict[str, Any]  # {'step', 'params', 'batch_stats', 'opt_state'[, 'teacher']}
+TRAIN_FIELDS = ("image", "targets", "known")
 WHITEN_IMAGES = 5000  # training images whose patches set airbench's whitening (as airbench)
 
 
@@ -56,31 +57,48 @@ def build_model(config, num_classes: int, in_channels: int, *, rngs: nnx.Rngs):
 
 
 def build_optimizer(config, total_steps: int) -> optax.GradientTransformation:
-  warmup = int(config.warmup_fraction * total_steps)
-  schedule = optax.warmup_cosine_decay_schedule(
-      0.0, config.learning_rate, warmup_steps=max(1, warmup),
-      decay_steps=max(total_steps, warmup + 1), end_value=config.learning_rate * 1e-2)
-  # No weight decay on biases and norm scales (1-D parameters).
-  decay_mask = lambda params: jax.tree.map(lambda p: p.ndim > 1, params)
-  return optax.chain(optax.clip_by_global_norm(config.grad_clip_norm),
-                     optax.adamw(schedule, weight_decay=config.weight_decay, mask=decay_mask))
+  return optimizer.adamw_cosine(
+      learning_rate=config.learning_rate, total_steps=total_steps,
+      warmup_steps=int(config.warmup_fraction * total_steps),
+      weight_decay=config.weight_decay, grad_clip_norm=config.grad_clip_norm)
 
 
-def init_state(config, num_classes, in_channels, tx, mesh):
-  """A replicated train state, created directly on the devices by a jitted init."""
-  def init(key):
-    model = build_model(config, num_classes, in_channels, rngs=nnx.Rngs(key))
-    _, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
-    return {"step": jnp.zeros((), jnp.int32), "params": params, "batch_stats": batch_stats,
-            "opt_state": tx.init(params)}
-  key = jax.random.key(config.seed)
-  state = jax.jit(init, out_shardings=sharding.replicated(mesh))(key)
+def semisup_config(config):
+  """`config.semisup` when it is there and enabled, else None (plain partial-label training)."""
+  cfg = config.get("semisup")
+  return cfg if cfg is not None and cfg.enabled else None
+
+
+def graph_defs(config, num_classes: int, in_channels: int):
+  """(train_def, eval_def): the model's graph in training mode and in eval mode."""
   abstract = nnx.eval_shape(lambda: build_model(config, num_classes, in_channels,
                                                 rngs=nnx.Rngs(0)))
   train_def = nnx.graphdef(abstract)
   abstract.eval()  # BatchNorm uses its running averages from here on
-  eval_def = nnx.graphdef(abstract)
-  return state, train_def, eval_def
+  return train_def, nnx.graphdef(abstract)
+
+
+def make_init(config, num_classes: int, in_channels: int, tx) -> Callable[[jax.Array], State]:
+  """A pure `init(key) -> state` (jit it with shardings, or vmap it over runs' keys)."""
+  ssl = semisup_config(config)
+
+  def init(key):
+    model = build_model(config, num_classes, in_channels, rngs=nnx.Rngs(key))
+    _, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
+    state = {"step": jnp.zeros((), jnp.int32), "params": params, "batch_stats": batch_stats,
+             "opt_state": tx.init(params)}
+    if ssl is not None and ssl.teacher == "ema":
+      state["teacher"] = jax.tree.map(jnp.copy, params)
+    return state
+
+  return init
+
+
+def init_state(config, num_classes, in_channels, tx, mesh):
+  """(state, train_def, eval_def): one run's state, created replicated by a jitted init."""
+  init = make_init(config, num_classes, in_channels, tx)
+  state = jax.jit(init, out_shardings=sharding.replicated(mesh))(jax.random.key(config.seed))
+  return (state,) + graph_defs(config, num_classes, in_channels)
 
 
 def init_from_data(config, state: State, train_images) -> State:
@@ -93,90 +111,176 @@ def init_from_data(config, state: State, train_images) -> State:
 
 
 # ------------------------------------------------------------------------------------------------
-# Steps.
+# The step.
 
-def make_train_step(config, train_def, tx, mesh):
-  """A pure `train_step(state, batch) -> (state, metrics)`; rng = fold_in(seed key, step)."""
-  base_key = jax.random.key(config.seed + 1)
-  batch_sharding = sharding.batch_sharded(mesh)
+def make_train_step(config, train_def, tx, mesh=None, *, eval_def=None):
+  """A pure `train_step(state, batch, seed=config.seed) -> (state, metrics)`.
 
-  def loss_fn(params, batch_stats, batch, key):
-    images = augment.apply(config.augment, key, batch["image"])
+  batch: {'image' uint8 (B, H, W, C), 'targets' (B, C), 'known' (B, C)}. mesh: constrain the
+  batch to the data axis (a single sharded run); None inside a vmap over runs. `seed` is the
+  run's seed (traced when runs are stacked). With `config.semisup` enabled, the weak and strong
+  views go through one forward pass and the metrics add 'sup', 'pseudo' and 'consistency';
+  an EMA teacher (semisup.teacher='ema') needs `eval_def`.
+  """
+  ssl = semisup_config(config)
+  if ssl is not None and ssl.teacher == "ema" and eval_def is None:
+    raise ValueError("semisup.teacher='ema' needs the eval graph: pass eval_def")
+  batch_sharding = None if mesh is None else sharding.batch_sharded(mesh)
+
+  def loss_fn(params, batch_stats, teacher, batch, key, step):
     # Fresh Variables at this trace level: BatchNorm mutates its statistics inside the grad trace.
     batch_stats = jax.tree.map(lambda x: x, batch_stats)
     model = nnx.merge(train_def, params, batch_stats)
-    logits = model(images.astype(jnp.float32) / 255.0)
-    loss = losses.masked_bce(logits, batch["targets"], batch["known"])
-    return loss, nnx.state(model, nnx.BatchStat)
+    if ssl is None:
+      images = augment.apply(config.augment, key, batch["image"])
+      logits = model(images.astype(jnp.float32) / 255.0)
+      loss = losses.masked_bce(logits, batch["targets"], batch["known"])
+      return loss, (nnx.state(model, nnx.BatchStat), {})
+    weak, strong = semisup.views(ssl, key, batch["image"], flip=config.augment == "flip_translate")
+    b = weak.shape[0]
+    logits = model(jnp.concatenate([weak, strong]))  # one forward for both views: (2B, C)
+    z_weak, z_strong = logits[:b], logits[b:]
+    sup = losses.masked_bce(z_weak, batch["targets"], batch["known"])
+    p_target = None
+    if teacher is not None:
+      t_model = nnx.merge(eval_def, teacher, jax.lax.stop_gradient(batch_stats))
+      p_target = jax.lax.stop_gradient(jax.nn.sigmoid(t_model(weak)))
+    extra = semisup.semisup_losses(jax.nn.sigmoid(z_weak), jax.nn.sigmoid(z_strong),
+                                   batch["known"], tau=ssl.tau, temperature=ssl.temperature,
+                                   stop_gradient=ssl.stop_gradient, p_target=p_target)
+    w = semisup.rampup(step, ssl.rampup_steps)
+    loss = sup + w * (ssl.pseudo_weight * extra["pseudo"]
+                      + ssl.consistency_weight * extra["consistency"])
+    return loss, (nnx.state(model, nnx.BatchStat), {"sup": sup, **extra})
 
-  def train_step(state: State, batch) -> tuple[State, dict]:
-    batch = jax.lax.with_sharding_constraint(batch, batch_sharding)
-    key = jax.random.fold_in(base_key, state["step"])
-    (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        state["params"], state["batch_stats"], batch, key)
+  def train_step(state: State, batch, seed=config.seed) -> tuple[State, dict]:
+    if batch_sharding is not None:
+      batch = jax.lax.with_sharding_constraint(batch, batch_sharding)
+    key = jax.random.fold_in(jax.random.key(seed + 1), state["step"])
+    teacher = state.get("teacher")
+    (loss, (batch_stats, parts)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        state["params"], state["batch_stats"], teacher, batch, key, state["step"])
     updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
     params = optax.apply_updates(state["params"], updates)
     new_state = {"step": state["step"] + 1, "params": params, "batch_stats": batch_stats,
                  "opt_state": opt_state}
-    return new_state, {"loss": loss, "grad_norm": optax.tree.norm(grads)}
+    if teacher is not None:
+      new_state["teacher"] = semisup.ema_update(teacher, params, ssl.ema_decay)
+    return new_state, {"loss": loss, "grad_norm": optax.tree.norm(grads), **parts}
 
   return train_step
 
 
-def epoch_order(seed: int, n: int, steps_per_epoch: int, global_batch: int, epoch):
+# ------------------------------------------------------------------------------------------------
+# The epoch.
+
+def epoch_order(seed, n: int, steps_per_epoch: int, global_batch: int, epoch):
   """(steps, global_batch) example indices of an epoch: a fresh permutation per epoch."""
   perm = jax.random.permutation(jax.random.fold_in(jax.random.key(seed + 2), epoch), n)
   return perm[: steps_per_epoch * global_batch].reshape(steps_per_epoch, global_batch)
 
 
-def make_epoch_fn(config, train_step, steps_per_epoch: int, global_batch: int):
-  """One compiled call per epoch over resident data: permute, then `lax.scan` the steps."""
-
-  def run_epoch(state: State, data: dict, epoch):
-    order = epoch_order(config.seed, data["image"].shape[0], steps_per_epoch, global_batch, epoch)
-
-    def body(state, idx):
-      return train_step(state, {k: data[k][idx] for k in _TRAIN_FIELDS})
-
-    state, per_step = jax.lax.scan(body, state, order)
-    return state, jax.tree.map(jnp.mean, per_step)
-
-  return run_epoch
-
-
-def make_resident_loop_fn(config, train_step, steps_per_epoch: int, global_batch: int):
-  """The same epoch as `make_epoch_fn`, as a Python loop of jitted steps on resident data.
+def resident_epoch_mode(config) -> str:
+  """'scan' or 'loop' for an epoch over resident data ('auto': by backend).
 
   XLA:CPU runs convolutions inside a while loop ~10x slower than the same step called from
   Python (benchmarks/train_throughput.md), so on CPU the loop is the fast path; on GPU/TPU the
   scan removes the per-step dispatch and wins.
   """
-  order_fn = jax.jit(epoch_order, static_argnums=(0, 1, 2, 3))
-  step = jax.jit(lambda state, data, idx: train_step(state, {k: data[k][idx]
-                                                             for k in _TRAIN_FIELDS}),
-                 donate_argnums=0)
+  mode = config.get("epoch_mode", "auto")
+  if mode == "auto":
+    mode = "loop" if jax.default_backend() == "cpu" else "scan"
+  if mode not in ("scan", "loop"):
+    raise ValueError(f"epoch_mode must be 'auto', 'scan' or 'loop', got {mode!r}")
+  return mode
 
-  def run_epoch(state: State, data: dict, epoch):
-    order = order_fn(config.seed, data["image"].shape[0], steps_per_epoch, global_batch, epoch)
-    sums = None
-    for i in range(steps_per_epoch):
-      state, m = step(state, data, order[i])
-      sums = m if sums is None else jax.tree.map(jnp.add, sums, m)
-    return state, jax.tree.map(lambda x: x / steps_per_epoch, sums)
+
+def _take(data: dict, idx) -> dict:
+  return {k: data[k][idx] for k in TRAIN_FIELDS}
+
+
+def _loop(state: State, steps: int, step_at: Callable) -> tuple[State, dict]:
+  """`steps` calls of `step_at(state, i)` from Python; the mean of their metrics."""
+  sums = None
+  for i in range(steps):
+    state, m = step_at(state, i)
+    sums = m if sums is None else jax.tree.map(jnp.add, sums, m)
+  return state, jax.tree.map(lambda x: x / steps, sums)
+
+
+class ResidentEpoch:
+  """`epoch_fn(state, data, seed, epoch) -> (state, mean metrics)` over resident data.
+
+  data: {'image', 'targets', 'known'} of every training example. One run: `seed` a scalar.
+  Runs stacked on a leading axis (`data_axes` given): state and `seed` carry the run axis, and
+  data[k] too where data_axes[k] == 0 (None: one array shared by every run). The state is
+  donated. `compile(...)` compiles ahead of time (for timing); otherwise the first call does.
+  """
+
+  def __init__(self, config, train_step, steps_per_epoch: int, global_batch: int, *,
+               mode: str | None = None, data_axes: dict | None = None):
+    self.mode = mode or resident_epoch_mode(config)
+    self.steps = steps_per_epoch
+    self._batch, self._step, self._axes = global_batch, train_step, data_axes
+    self._fns = None
+
+  def _vmap(self, fn, in_axes):
+    return fn if self._axes is None else jax.vmap(fn, in_axes=in_axes)
+
+  def _build(self, data):
+    # Examples per run: axis -4 of the (runs,) N, H, W, C images.
+    n = data["image"].shape[-4]
+    steps, batch, step = self.steps, self._batch, self._step
+    order = lambda seed, epoch: epoch_order(seed, n, steps, batch, epoch)
+    if self.mode == "scan":
+      def scan_epoch(state, data, seed, epoch):
+        body = lambda state, idx: step(state, _take(data, idx), seed)
+        state, per_step = jax.lax.scan(body, state, order(seed, epoch))
+        return state, jax.tree.map(jnp.mean, per_step)
+      return {"epoch": jax.jit(self._vmap(scan_epoch, (0, self._axes, 0, None)),
+                               donate_argnums=0)}
+    step_at = lambda state, data, idx, seed: step(state, _take(data, idx), seed)
+    return {"order": jax.jit(self._vmap(order, (0, None))),
+            "step": jax.jit(self._vmap(step_at, (0, self._axes, 0, 0)), donate_argnums=0)}
+
+  def compile(self, state, data, seed, epoch) -> None:
+    """Compiles for these arguments (arrays or jax.ShapeDtypeStruct) before the first epoch."""
+    fns = self._build(data)
+    if self.mode == "scan":
+      fns["epoch"] = fns["epoch"].lower(state, data, seed, epoch).compile()
+    else:
+      fns["order"] = fns["order"].lower(seed, epoch).compile()
+      batch_idx = jax.ShapeDtypeStruct(tuple(np.shape(seed)) + (self._batch,), jnp.int32)
+      fns["step"] = fns["step"].lower(state, data, batch_idx, seed).compile()
+    self._fns = fns
+
+  def __call__(self, state, data, seed, epoch):
+    if self._fns is None:
+      self._fns = self._build(data)
+    if self.mode == "scan":
+      return self._fns["epoch"](state, data, seed, epoch)
+    idx = self._fns["order"](seed, epoch)  # (runs,) steps, batch
+    return _loop(state, self.steps,
+                 lambda state, i: self._fns["step"](state, data, idx[..., i, :], seed))
+
+
+def stream_epoch(train_step, steps_per_epoch: int, next_batch: Callable[[], dict], seed):
+  """`epoch_fn(state, epoch)` for streamed input: a compiled step per `next_batch()` (device
+  arrays, e.g. Grain batches placed on the mesh); the iterator carries the position."""
+  step = jax.jit(train_step, donate_argnums=0)
+
+  def run_epoch(state, epoch):
+    del epoch
+    return _loop(state, steps_per_epoch, lambda state, i: step(state, next_batch(), seed))
 
   return run_epoch
 
 
-def resident_epoch_mode(config) -> str:
-  mode = config.epoch_mode
-  if mode == "auto":
-    mode = "loop" if jax.default_backend() == "cpu" else "scan"
-  if mode not in ("scan", "loop"):
-    raise ValueError(f"epoch_mode must be 'auto', 'scan' or 'loop', got {config.epoch_mode!r}")
-  return mode
-
+# ------------------------------------------------------------------------------------------------
+# Scoring.
 
 def make_predict_fn(eval_def):
+  """`predict(state, images uint8 (B, H, W, C)) -> sigmoid scores (B, C)`."""
   def predict(state: State, images):
     model = nnx.merge(eval_def, state["params"], state["batch_stats"])
     return jax.nn.sigmoid(model(images.astype(jnp.float32) / 255.0))
@@ -194,137 +298,3 @@ def predict_split(predict_fn, state, images: np.ndarray, mesh, batch: int) -> np
     chunk = images[start:start + batch][rows]
     out.append(sharding.to_host(predict_fn(state, sharding.put_batch(chunk, mesh, batch))))
   return np.concatenate(out)[:n]
-
-
-# ------------------------------------------------------------------------------------------------
-# The job.
-
-def train_and_evaluate(config, workdir: str) -> dict:
-  """Trains, selects the best epoch on validation, evaluates on test; returns the results."""
-  os.makedirs(workdir, exist_ok=True)
-  mesh = sharding.make_mesh()
-  sharding.check_global_batch(config.batch_size, mesh)
-  eval_batch = config.eval_batch_size
-  sharding.check_global_batch(eval_batch, mesh, "eval_batch_size")
-
-  # Shards are checksummed by `prepare` (just written, or verified on reuse): read them as is.
-  data_dir = prepare.prepare(config, workdir)
-  manifest = arrayrecord_io.read_manifest(data_dir)
-  label_space = manifest["label_space"]
-  num_classes = len(label_space)
-  num_train = manifest["splits"]["train"]["num_records"]
-  steps_per_epoch = num_train // config.batch_size
-  if steps_per_epoch == 0:
-    raise ValueError(f"batch_size={config.batch_size} exceeds the {num_train} training examples")
-  total_steps = steps_per_epoch * config.num_epochs
-  in_channels = manifest["fields"]["image"]["shape"][-1]
-
-  tx = build_optimizer(config, total_steps)
-  state, train_def, eval_def = init_state(config, num_classes, in_channels, tx, mesh)
-  if config.model.get("arch", "resnet") == "airbench":
-    first = itertools.islice(arrayrecord_io.read_records(data_dir, "train", verify=False),
-                             WHITEN_IMAGES)
-    state = init_from_data(config, state, np.stack([r["image"] for r in first]))
-  train_step = make_train_step(config, train_def, tx, mesh)
-  predict_fn = jax.jit(make_predict_fn(eval_def))
-  val = arrayrecord_io.load_split_arrays(data_dir, "validation", verify=False)
-
-  ckpts = checkpointing.Checkpoints(workdir)
-  meta = {"epoch": 0, "best_val_auc": -1.0, "best_epoch": 0, "iterators": None}
-  restored = ckpts.restore_latest(checkpointing.abstract_like(state))
-  if restored is not None:
-    state, meta = restored
-    print(f"Resumed from {workdir}/checkpoints/latest at epoch {meta['epoch']}", flush=True)
-
-  writer = metric_writer.MetricWriter(workdir)
-  progress = metric_writer.Progress(total_steps, meta["epoch"] * steps_per_epoch,
-                                    config.batch_size)
-  if config.input_mode == "resident":
-    train = arrayrecord_io.load_split_arrays(data_dir, "train", verify=False)
-    resident = sharding.put_replicated({k: train[k] for k in _TRAIN_FIELDS}, mesh)
-    if resident_epoch_mode(config) == "scan":
-      run_epoch = jax.jit(make_epoch_fn(config, train_step, steps_per_epoch, config.batch_size),
-                          donate_argnums=0)
-    else:
-      run_epoch = make_resident_loop_fn(config, train_step, steps_per_epoch, config.batch_size)
-    next_epoch = lambda state, epoch: run_epoch(state, resident, epoch)
-  elif config.input_mode == "grain":
-    from dassemble_jax.data import pipeline
-    loader = pipeline.make_loader(data_dir, "train", global_batch_size=config.batch_size,
-                                  seed=config.seed, shuffle=True, num_epochs=None,
-                                  transforms=[pipeline.SelectFields(_TRAIN_FIELDS)],
-                                  worker_count=config.grain_workers)
-    iterator = iter(loader)
-    own = checkpointing.this_process(meta.get("iterators"))
-    if own:
-      pipeline.restore_iterator_state(iterator, own)
-    step_fn = jax.jit(train_step, donate_argnums=0)
-
-    def next_epoch(state, epoch):
-      del epoch  # the iterator carries the position
-      sums = None
-      for _ in range(steps_per_epoch):
-        state, m = step_fn(state, sharding.put_batch(next(iterator), mesh, config.batch_size))
-        sums = m if sums is None else jax.tree.map(jnp.add, sums, m)
-      return state, jax.tree.map(lambda x: x / steps_per_epoch, sums)
-  else:
-    raise ValueError(f"input_mode must be 'resident' or 'grain', got {config.input_mode!r}")
-
-  for epoch in range(meta["epoch"] + 1, config.num_epochs + 1):
-    state, train_metrics = next_epoch(state, epoch)
-    train_metrics = jax.device_get(train_metrics)
-    if not np.isfinite(train_metrics["loss"]):
-      raise FloatingPointError(f"loss became {train_metrics['loss']} in epoch {epoch}; lower "
-                               "the learning rate or check the data")
-    scores = predict_split(predict_fn, state, val["image"], mesh, eval_batch)
-    val_auc = metrics.per_class_auc(scores, val["targets"], val["known"])
-    val_mean = float(np.nanmean(val_auc))
-    is_best = val_mean > meta["best_val_auc"]
-    step = epoch * steps_per_epoch
-    meta = {"epoch": epoch, "best_val_auc": max(val_mean, meta["best_val_auc"]),
-            "best_epoch": epoch if is_best else meta["best_epoch"],
-            # Every process's own Grain position (each reads its own shard of the data).
-            "iterators": (checkpointing.per_process(pipeline.iterator_state_to_json(iterator))
-                          if config.input_mode == "grain" else None)}
-    ckpts.save(epoch, state, meta, is_best=is_best)
-    scalars = {"train/loss": train_metrics["loss"], "train/grad_norm": train_metrics["grad_norm"],
-               "val/mean_auc": val_mean}
-    writer.write(step, scalars)
-    progress.report(step, epoch=epoch, loss=float(train_metrics["loss"]), val_auc=val_mean)
-
-  results = _evaluate_best(ckpts, state, predict_fn, data_dir, mesh, eval_batch, label_space,
-                           meta)
-  ckpts.close()
-  writer.write(total_steps, {"test/mean_auc": results["mean_test_auc"]})
-  writer.close()
-  _write_results(workdir, results)
-  return results
-
-
-def _evaluate_best(ckpts, state, predict_fn, data_dir, mesh, eval_batch, label_space, meta):
-  best = ckpts.restore_best(checkpointing.abstract_like(state))
-  best_state = state if best is None else best[0]
-  test = arrayrecord_io.load_split_arrays(data_dir, "test", verify=False)
-  scores = predict_split(predict_fn, best_state, test["image"], mesh, eval_batch)
-  auc = metrics.per_class_auc(scores, test["targets"], test["known"])
-  return {"label_space": list(label_space),
-          "test_auc": {c: float(a) for c, a in zip(label_space, auc)},
-          "mean_test_auc": float(np.nanmean(auc)),
-          "best_epoch": int(meta["best_epoch"]), "best_val_auc": float(meta["best_val_auc"]),
-          "num_test": int(test["image"].shape[0])}
-
-
-def _write_results(workdir: str, results: dict) -> None:
-  if jax.process_index() != 0:
-    return
-  path = os.path.join(workdir, "results.json")
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(results, f, indent=2)
-  os.replace(tmp, path)
-  table = metrics.format_auc_table(
-      results["label_space"],
-      {"test AUC %": np.array([results["test_auc"][c] for c in results["label_space"]])})
-  print(f"\nBest epoch {results['best_epoch']} (validation mean AUC "
-        f"{100 * results['best_val_auc']:.2f}); test set of {results['num_test']} images:\n"
-        f"{table}\n", flush=True)

@@ -3,8 +3,8 @@
   python -m dassemble_jax.jobs.summarize D0=runs/oe_D0_s0,runs/oe_D0_s1 D0+D1=runs/oe_D01_s0,...
 
 Each argument is SETTING=WORKDIR[,WORKDIR...]; every workdir holds a results.json written by
-`train.train_and_evaluate`. Prints a markdown table (classes in the order of the first setting
-with the most classes); '-' where a setting has no output for the class.
+`jobs.classify.train_and_evaluate`. Prints a markdown table (classes in the order of the first
+setting with the most classes); '-' where a setting has no output for the class.
 """
 
 from __future__ import annotations

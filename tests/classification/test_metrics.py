@@ -30,3 +30,18 @@ def test_single_class_present_is_nan_and_table_shows_dash():
   assert np.isnan(metrics.roc_auc(np.array([0.1, 0.2]), np.array([1, 1])))
   table = metrics.format_auc_table(["a", "b"], {"run": np.array([0.5, np.nan])})
   assert "| b | - |" in table and "| mean | 50.00 |" in table
+
+
+def test_per_class_auc_is_sklearns_and_nan_without_both_labels():
+  """Random scores with many ties; a class with one label value, and one with no known row."""
+  rng = np.random.default_rng(4)
+  scores = np.round(rng.random((120, 4)), 1)
+  targets = (rng.random((120, 4)) > 0.5).astype(np.float32)
+  known = (rng.random((120, 4)) > 0.3).astype(np.float32)
+  targets[:, 2] = 1.0
+  known[:, 3] = 0.0
+  got = metrics.per_class_auc(scores, targets, known)
+  for c in range(2):
+    rows = known[:, c] > 0
+    assert got[c] == roc_auc_score(targets[rows, c], scores[rows, c])
+  assert np.isnan(got[2]) and np.isnan(got[3])

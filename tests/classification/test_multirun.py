@@ -6,10 +6,11 @@ import ml_collections
 import numpy as np
 import pytest
 
-from dassemble_jax.classification import multirun
 from dassemble_jax import sharding
+from dassemble_jax.classification import experiments
+from dassemble_jax.classification import multirun
 from dassemble_jax.classification import trainer
-from configs import mnist_odd_even
+from dassemble_jax.jobs import classify
 from tests.fake_mnist import write_fake_mnist
 
 
@@ -19,7 +20,7 @@ def idx_dir(tmp_path_factory):
 
 
 def tiny(idx_dir, setting="D0+D1", seed=0, **kw):
-  c = mnist_odd_even.get_config(f"{setting},tiny")
+  c = experiments.mnist_odd_even(f"{setting},tiny")
   c.data.source, c.data.path = "idx", str(idx_dir)
   c.data.sources = tuple(dict(s, num_train=32, num_validation=24) for s in c.data.sources)
   c.seed = seed
@@ -32,23 +33,22 @@ def tiny(idx_dir, setting="D0+D1", seed=0, **kw):
 
 
 def test_one_epoch_params_match_single_run_trainer(idx_dir):
-  """Run 1 of a vmapped pair ends the epoch with the parameters trainer.py's epoch gives."""
-  configs = [tiny(idx_dir, seed=s) for s in (0, 3)]
+  """Run 1 of a vmapped pair ends the epoch with the parameters of the single (sharded) run."""
+  configs = [tiny(idx_dir, seed=s, epoch_mode="scan") for s in (0, 3)]
   splits = multirun.load_splits(configs[0])
   prog = multirun.Program(configs[0], 10, 1, splits["train"]["image"].shape[0])
   seeds = jnp.asarray([0, 3], jnp.int32)
   data = {k: jnp.asarray(splits["train"][k]) for k in ("image", "targets", "known")}
-  state = jax.vmap(prog.init)(seeds)
-  state, _, _ = jax.jit(jax.vmap(prog.epoch, in_axes=(0, None, None, 0, None)))(
-      state, data, jnp.asarray(splits["validation"]["image"]), seeds, 1)
+  state = prog.init(seeds)
+  state, _ = prog.epoch(state, data, seeds, 1)
 
   c = configs[1]
   mesh = sharding.make_mesh()
   tx = trainer.build_optimizer(c, prog.total_steps)
   ref, train_def, _ = trainer.init_state(c, 10, 1, tx, mesh)
   step = trainer.make_train_step(c, train_def, tx, mesh)
-  epoch = jax.jit(trainer.make_epoch_fn(c, step, prog.steps_per_epoch, c.batch_size))
-  ref, _ = epoch(ref, sharding.put_replicated(data, mesh), 1)
+  epoch = trainer.ResidentEpoch(c, step, prog.steps_per_epoch, c.batch_size)
+  ref, _ = epoch(ref, sharding.put_replicated(data, mesh), c.seed, 1)
   got = jax.tree.map(lambda x: x[1], state["params"])
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5),
                got, ref["params"])
@@ -58,12 +58,30 @@ def test_vmapped_runs_agree_with_train_and_evaluate(idx_dir, tmp_path):
   runs = [multirun.Run("D0+D1", tiny(idx_dir, seed=s)) for s in (0, 1)]
   res = multirun.run_all(runs, verbose=False, vmap_runs=True)
   assert [r["group_size"] for r in res] == [2, 2]  # vmapped even on CPU
-  single = trainer.train_and_evaluate(tiny(idx_dir, seed=1), str(tmp_path))
+  single = classify.train_and_evaluate(tiny(idx_dir, seed=1), str(tmp_path))
   assert res[1]["best_epoch"] == single["best_epoch"]
   for c, a in single["test_auc"].items():
     # Same arithmetic; only float summation order differs (8 sharded devices vs one).
     assert res[1]["test_auc"][c] == pytest.approx(a, abs=2e-3), c
   assert res[0]["test_auc"] != res[1]["test_auc"]  # the seeds really differ
+
+
+def test_semisup_vmapped_runs_agree_with_train_and_evaluate(idx_dir, tmp_path):
+  """Semi-supervision (here with its EMA teacher in the state) is one step for both paths."""
+  def semi(seed):
+    c = experiments.mnist_overlap("semi,tiny")
+    c.data.source, c.data.path = "idx", str(idx_dir)
+    c.data.sources = tuple(dict(s, num_train=32, num_validation=24) for s in c.data.sources)
+    c.seed, c.num_epochs, c.learning_rate = seed, 2, 1e-2
+    c.semisup.teacher, c.semisup.rampup_steps = "ema", 2
+    return c
+  res = multirun.run_all([multirun.Run("semi", semi(s)) for s in (0, 1)], verbose=False,
+                         vmap_runs=True)
+  single = classify.train_and_evaluate(semi(1), str(tmp_path))
+  assert res[1]["best_epoch"] == single["best_epoch"]
+  for c, a in single["test_auc"].items():
+    assert res[1]["test_auc"][c] == pytest.approx(a, abs=2e-3), c
+  assert res[0]["test_auc"] != res[1]["test_auc"]
 
 
 def test_groups_by_shape_and_summary(idx_dir):

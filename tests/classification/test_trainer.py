@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 
 from dassemble_jax import sharding
+from dassemble_jax.classification import experiments
 from dassemble_jax.classification import trainer
-from configs import mnist_odd_even
+from dassemble_jax.jobs import classify
 from tests.fake_mnist import write_fake_mnist
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
@@ -27,7 +28,7 @@ def idx_dir(tmp_path_factory):
 
 
 def tiny_config(idx_dir, setting="D0+D1", **overrides):
-  c = mnist_odd_even.get_config(f"{setting},tiny")
+  c = experiments.mnist_odd_even(f"{setting},tiny")
   c.data.source = "idx"
   c.data.path = str(idx_dir)
   c.data.sources = tuple(dict(s, num_train=64, num_validation=40) for s in c.data.sources)
@@ -38,7 +39,7 @@ def tiny_config(idx_dir, setting="D0+D1", **overrides):
 
 def test_train_learns_and_resumes(idx_dir, tmp_path, capsys):
   config = tiny_config(idx_dir, num_epochs=4, learning_rate=1e-2, augment="none")
-  results = trainer.train_and_evaluate(config, str(tmp_path))
+  results = classify.train_and_evaluate(config, str(tmp_path))
   assert set(results["test_auc"]) == set(config.data.label_space)
   assert results["mean_test_auc"] > 0.7  # chance is 0.5; the stripes are learnt in 32 steps
   saved = json.loads((tmp_path / "results.json").read_text())
@@ -48,7 +49,7 @@ def test_train_learns_and_resumes(idx_dir, tmp_path, capsys):
   assert "steps/s" in capsys.readouterr().out
   # Rerunning with one more epoch resumes at epoch 4 and trains only the fifth (8 steps each).
   config.num_epochs = 5
-  again = trainer.train_and_evaluate(config, str(tmp_path))
+  again = classify.train_and_evaluate(config, str(tmp_path))
   out = capsys.readouterr().out
   assert "Resumed" in out and "at epoch 4" in out
   assert "step 32/40" not in out and "step 40/40" in out
@@ -57,7 +58,7 @@ def test_train_learns_and_resumes(idx_dir, tmp_path, capsys):
 
 def test_grain_input_mode_trains_and_saves_iterator(idx_dir, tmp_path):
   config = tiny_config(idx_dir, num_epochs=1, input_mode="grain")
-  results = trainer.train_and_evaluate(config, str(tmp_path))
+  results = classify.train_and_evaluate(config, str(tmp_path))
   assert np.isfinite(results["mean_test_auc"])
   meta_files = list((tmp_path / "checkpoints" / "latest").glob("*/meta/*"))
   assert meta_files, "the checkpoint has no metadata item"
@@ -85,7 +86,7 @@ def test_train_step_compiles_once(idx_dir):
 def test_batch_not_divisible_by_devices_is_a_clear_error(idx_dir, tmp_path):
   config = tiny_config(idx_dir, batch_size=12)  # 8 fake devices
   with pytest.raises(ValueError, match="batch_size=12 is not divisible by the number of devices"):
-    trainer.train_and_evaluate(config, str(tmp_path))
+    classify.train_and_evaluate(config, str(tmp_path))
 
 
 def _main_cmd(idx_dir, workdir, epochs):
@@ -139,12 +140,11 @@ def test_scan_epoch_equals_python_loop_epoch(idx_dir):
       "targets": (rng.random((40, 10)) > 0.5).astype(np.float32),
       "known": (rng.random((40, 10)) > 0.3).astype(np.float32)}, mesh)
   results = []
-  for make in (trainer.make_epoch_fn, trainer.make_resident_loop_fn):
+  for mode in ("scan", "loop"):
     state, train_def, _ = trainer.init_state(config, 10, 1, tx, mesh)
     step = trainer.make_train_step(config, train_def, tx, mesh)
-    run = make(config, step, 2, 16)
-    run = jax.jit(run, donate_argnums=0) if make is trainer.make_epoch_fn else run
-    state, metrics = run(state, data, 1)
+    run = trainer.ResidentEpoch(config, step, 2, 16, mode=mode)
+    state, metrics = run(state, data, config.seed, 1)
     results.append((jax.device_get(state["params"]), float(metrics["loss"])))
   (p_scan, l_scan), (p_loop, l_loop) = results
   np.testing.assert_allclose(l_scan, l_loop, rtol=1e-5)

@@ -14,7 +14,9 @@ Results are printed as one Markdown table; copy them into benchmarks/ct_pipeline
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import pathlib
 import platform
 import shutil
 import time
@@ -23,11 +25,13 @@ from absl import flags
 
 flags.FLAGS.mark_as_parsed()  # Grain's worker processes read absl flags.
 
-import jax  # noqa: E402
+import jax
 
-from dassemble_jax.ct import phantom  # noqa: E402
-from dassemble_jax.ct import volume_augment
-from dassemble_jax.ct import crop_pipeline
+from dassemble_jax.ct import (
+  crop_pipeline,
+  phantom,
+  volume_augment,
+)
 
 
 def _host_rate(dirs, crop, batch, workers, batches):
@@ -57,7 +61,7 @@ def main():
   dirs = phantom.write_phantom_sources(a.out, a.cases, seed=0)
   total = time.perf_counter() - start
   n_cases = a.cases * len(dirs)
-  convert_s = sum(__import__("json").load(open(os.path.join(d, "manifest.json")))["seconds"]
+  convert_s = sum(json.loads(pathlib.Path(d, "manifest.json").read_text())["seconds"]
                   for d in dirs.values())
   rows = [("phantom generate + write NIfTI + convert", f"{total / n_cases:.2f} s/case"),
           ("conversion only (read, RAS, 1.5 mm, map, crop, shard)",

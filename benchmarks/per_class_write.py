@@ -9,8 +9,9 @@ produce the same files (checked here); times are medians over `--repeats`, in on
 
   previous  per class: bit k of the whole array, a Fortran-ordered uint8 copy, nibabel's zlib
             gzip (the code before this benchmark, kept here as the baseline);
-  current   `segmentation.predict.save_per_class`: per-class bounding boxes from three
-            projections, only the box copied into one reused zero volume, ISA-L gzip.
+  current   `segmentation.inference.save_per_class`: per-class bounding boxes from two passes
+            (`ct.bitmask.class_boxes`), only the box copied into one reused zero volume,
+            ISA-L gzip.
 
 Also the label map alone (`nifti_io.save` vs `nib.save`).
 """

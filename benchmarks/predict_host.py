@@ -31,13 +31,13 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-import nibabel as nib  # noqa: E402
-import numpy as np  # noqa: E402
-from scipy import ndimage  # noqa: E402
+import nibabel as nib
+import numpy as np
+from scipy import ndimage
 
-from dassemble_jax.ct import bitmask, nifti_io, preprocess, resample, taxonomy  # noqa: E402
-from dassemble_jax.segmentation import inference  # noqa: E402
-from dassemble_jax.segmentation import postprocess as pp  # noqa: E402
+from dassemble_jax.ct import bitmask, nifti_io, preprocess, resample, taxonomy
+from dassemble_jax.segmentation import inference
+from dassemble_jax.segmentation import postprocess as pp
 
 # ---------------------------------------------------------------------------------------------
 # Reference: postprocess.py and inference.py as of commit 1ca273f (before the host-speed rewrite).
@@ -255,19 +255,19 @@ def ref_load(path):
   return np.asanyarray(img.dataobj).astype(np.float32), affine, nifti_io.voxel_sizes(affine)
 
 
-REFERENCE = dict(load=ref_load, to_model_grid=ref_to_model_grid,
-                 postprocess=ref_postprocess, label_map=ref_masks_to_label_map,
-                 to_original_grid=ref_to_original_grid, save=ref_save_label_map)
+REFERENCE = {"load": ref_load, "to_model_grid": ref_to_model_grid,
+                 "postprocess": ref_postprocess, "label_map": ref_masks_to_label_map,
+                 "to_original_grid": ref_to_original_grid, "save": ref_save_label_map}
 
 REFERENCE["prepare"] = lambda masks: masks
 
 # What predict_file does now: the int16 scan read as is; masks packed to (X, Y, Z) uint32 (on the
 # device in predict_file, so timed apart here: "pack"), post-processed and drawn packed.
-NEW = dict(load=lambda path: inference.load_nifti_for_prediction(path, dtype=None),
-           to_model_grid=inference.to_model_grid, prepare=bitmask.pack,
-           postprocess=lambda bits, affine: pp.postprocess_bits(bits, 32, affine, copy=False),
-           label_map=pp.bits_to_label_map, to_original_grid=inference.to_original_grid,
-           save=inference.save_label_map)
+NEW = {"load": lambda path: inference.load_nifti_for_prediction(path, dtype=None),
+           "to_model_grid": inference.to_model_grid, "prepare": bitmask.pack,
+           "postprocess": lambda bits, affine: pp.postprocess_bits(bits, 32, affine, copy=False),
+           "label_map": pp.bits_to_label_map, "to_original_grid": inference.to_original_grid,
+           "save": inference.save_label_map}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -324,7 +324,7 @@ def run_stages(impl: dict, src: str, spacing: float, masks: np.ndarray, out: str
   t["write"] = time.perf_counter() - t0
   t["save"] = t["write"] - t["label_map"] - t["to_original_grid"]
   t["total"] = t["load_resample"] + t["postprocess"] + t["write"]
-  return dict(timings=t, model_volume=model_volume, post=post, grid=grid)
+  return {"timings": t, "model_volume": model_volume, "post": post, "grid": grid}
 
 
 def main():
@@ -339,12 +339,12 @@ def main():
   p.add_argument("--json", default="", help="write the results here too")
   a = p.parse_args()
   sys.path.insert(0, os.path.dirname(__file__))  # (only when run: tests import this module)
-  from universal_step import phantom_masks  # noqa: E402  (heavy import)
+  from universal_step import phantom_masks
 
   shape = tuple(int(s) for s in a.file_shape.split(","))
   file_spacing = [float(s) for s in a.file_spacing.split(",")]
   folder = tempfile.mkdtemp(prefix="predict_host_")
-  src, affine = write_input(folder, shape, file_spacing)
+  src, _ = write_input(folder, shape, file_spacing)
   model_shape = resample.resampled_shape(shape, file_spacing, [a.spacing] * 3)
   masks = phantom_masks(model_shape)
   result = {"repeats": a.repeats, "file_shape": shape, "file_spacing_mm": file_spacing,

@@ -56,7 +56,7 @@ def pip_download(requirement: str, *, sdist: bool = False,
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "--dest", tmp,
            requirement]
     cmd += ["--no-binary", ":all:"] if sdist else ["--only-binary", ":all:"]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
       raise FetchError(f"pip could not download {requirement!r}: {proc.stderr.strip()[-800:]}")
     files = list(pathlib.Path(tmp).iterdir())

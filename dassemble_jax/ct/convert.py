@@ -36,7 +36,8 @@ import pathlib
 import sys
 import time
 import zlib
-from typing import Any, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -129,7 +130,7 @@ def _work(args):
     return case, convert_case(case, spec, spacing, seed=seed, max_centres=max_centres), None
   except CaseError as e:
     return case, None, str(e)
-  except Exception as e:  # pylint: disable=broad-except  # Reported with the case's files.
+  except Exception as e:  # noqa: BLE001  (any failure is reported with the case's files)
     return case, None, f"{', '.join(case.files)}: {type(e).__name__}: {e}"
 
 

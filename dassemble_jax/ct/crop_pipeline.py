@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import grain
 import jax

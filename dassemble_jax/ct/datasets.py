@@ -27,11 +27,12 @@ entry), then convert it:
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping, Union
+from collections.abc import Mapping
+from typing import Any
 
 from dassemble_jax.ct import taxonomy
 
-Target = Union[int, str, tuple]
+Target = int | str | tuple
 
 
 @dataclasses.dataclass(frozen=True)

@@ -21,7 +21,7 @@ import dataclasses
 import json
 import pathlib
 import re
-from typing import Callable, Mapping
+from collections.abc import Callable, Mapping
 
 from dassemble_jax.ct.nifti_io import CaseError
 
@@ -45,9 +45,6 @@ class Case:
     if self.label_files:
       out.append(str(self.label_files[0][1].parent))
     return out
-
-
-Problems = list[tuple[str, str]]
 
 
 def _stem(path: pathlib.Path) -> str:

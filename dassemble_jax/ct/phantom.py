@@ -20,7 +20,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import pathlib
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 from scipy import ndimage
@@ -149,7 +149,6 @@ _SOURCES = {
 SOURCE_NAMES = ("phantom_lits", "phantom_kits", "phantom_spleen", "phantom_btcv")
 # Every source; a source's index here seeds its cases, so new sources go at the end.
 ALL_SOURCE_NAMES = tuple(_SOURCES)
-HEALTHY_LIVER_SOURCES = ("phantom_healthy_liver",)
 
 
 def source_spec(name: str) -> datasets.DatasetSpec:

@@ -16,7 +16,7 @@ three 1D gathers instead of SciPy's general affine transform (used for oblique g
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 from scipy import ndimage
@@ -26,7 +26,7 @@ from dassemble_jax.ct import nifti_io
 
 def resampled_shape(shape, old_spacing, new_spacing) -> tuple[int, ...]:
   """Round(n * old / new), at least 1 (the anchor's MONAI Spacing does the same)."""
-  return tuple(max(1, int(round(n * o / s))) for n, o, s in zip(shape, old_spacing, new_spacing))
+  return tuple(max(1, round(n * o / s)) for n, o, s in zip(shape, old_spacing, new_spacing))
 
 
 def c_order_copy(view: np.ndarray, dtype=None, block: int = 32) -> np.ndarray:

@@ -23,6 +23,7 @@ Command line (inspect or check a dataset):
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -31,7 +32,8 @@ import re
 import shutil
 import sys
 import uuid
-from typing import Any, Iterator, Mapping
+from collections.abc import Iterator, Mapping
+from typing import Any, Self
 
 import numpy as np
 from array_record.python import array_record_module
@@ -160,7 +162,8 @@ class DatasetWriter:
     self._check_target()
     self.out_dir.parent.mkdir(parents=True, exist_ok=True)
     # A sibling, so the final rename stays on one filesystem (atomic); hidden so that a writer
-    # killed by a signal leaves nothing that looks like a dataset.
+    # killed by a signal leaves nothing that looks like a dataset. A whole folder appears at
+    # once here, a different operation from `dassemble_jax.atomic` (one file at a time).
     self._tmp_dir = self.out_dir.parent / f".{self.out_dir.name}.tmp-{uuid.uuid4().hex[:12]}"
     self._tmp_dir.mkdir()
     self._splits: dict[str, _SplitWriter] = {}
@@ -172,7 +175,7 @@ class DatasetWriter:
           f"{self.out_dir} already exists; pass overwrite=True to replace it, or choose another "
           "output directory")
 
-  def __enter__(self) -> DatasetWriter:
+  def __enter__(self) -> Self:
     return self
 
   def __exit__(self, exc_type, exc, tb) -> None:
@@ -254,10 +257,8 @@ class DatasetWriter:
   def abort(self) -> None:
     """Closes the shards and deletes everything written so far."""
     for writer in self._splits.values():
-      try:
+      with contextlib.suppress(Exception):  # already failing: clean up regardless
         writer.close()
-      except Exception:  # pylint: disable=broad-except  # Already failing; clean up regardless.
-        pass
     shutil.rmtree(self._tmp_dir, ignore_errors=True)
     self._state = "aborted"
 

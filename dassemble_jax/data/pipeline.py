@@ -16,7 +16,8 @@ import itertools
 import json
 import os
 import pathlib
-from typing import Any, Mapping, Sequence, SupportsIndex
+from collections.abc import Mapping, Sequence
+from typing import Any, SupportsIndex
 
 import grain
 import jax

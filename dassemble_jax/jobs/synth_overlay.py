@@ -16,13 +16,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
-import os
 import pathlib
 import sys
-import tempfile
 
 import numpy as np
+
+from dassemble_jax import atomic
 
 WINDOW = (-160.0, 240.0)  # abdominal soft-tissue window for display
 
@@ -47,10 +46,10 @@ def _render_pngs(vol, new_ct, label, out: pathlib.Path, max_pngs: int) -> list[s
   order = np.argsort(sizes)[::-1][:max_pngs]
   written = []
   for rank, idx in enumerate(order):
-    x, y, z = (int(round(c)) for c in centres[idx])
-    views = [('axial', lambda a: a[:, :, z].T, (sp[0], sp[1])),
-             ('coronal', lambda a: a[:, y, :].T, (sp[0], sp[2])),
-             ('sagittal', lambda a: a[x, :, :].T, (sp[1], sp[2]))]
+    x, y, z = (round(c) for c in centres[idx])
+    views = [('axial', lambda a, z=z: a[:, :, z].T, (sp[0], sp[1])),
+             ('coronal', lambda a, y=y: a[:, y, :].T, (sp[0], sp[2])),
+             ('sagittal', lambda a, x=x: a[x, :, :].T, (sp[1], sp[2]))]
     fig, axes = plt.subplots(2, 3, figsize=(12, 8))
     for col, (name, cut, (sx, sy)) in enumerate(views):
       for row, img in enumerate((before, after)):
@@ -68,11 +67,9 @@ def _render_pngs(vol, new_ct, label, out: pathlib.Path, max_pngs: int) -> list[s
                  f'(RAS voxel {x}, {y}, {z})', fontsize=10)
     fig.tight_layout()
     path = out / f'tumor_{rank:02d}.png'
-    fd, tmp = tempfile.mkstemp(dir=out, suffix='.png')
-    os.close(fd)
-    fig.savefig(tmp, dpi=90)
+    with atomic.temporary_path(path) as tmp:
+      fig.savefig(tmp, dpi=90)
     plt.close(fig)
-    os.replace(tmp, path)
     written.append(path.name)
   return written
 
@@ -81,6 +78,7 @@ def run(out: pathlib.Path, ct: str | None, seg: str | None, liver_labels, seed: 
         kind: str | None, max_pngs: int) -> dict:
   """Loads, inserts tumors, writes everything; returns the summary."""
   import jax  # pylint: disable=g-import-not-at-top
+
   from dassemble_jax.synth import realct  # pylint: disable=g-import-not-at-top
   from dassemble_jax.synth.config import SynthConfig  # pylint: disable=g-import-not-at-top
   from dassemble_jax.synth.generate import label_map, synthesize_tumors  # pylint: disable=g-import-not-at-top
@@ -106,21 +104,19 @@ def run(out: pathlib.Path, ct: str | None, seg: str | None, liver_labels, seed: 
   pngs = _render_pngs(vol, new_ct, label, out, max_pngs)
   act = info['active']
   centres = info['centres'][act]
-  summary = dict(
-      source=vol.source, seed=seed, spacing_mm=list(vol.spacing),
-      kind=cfg.kind_choices[int(info['kind_choice'])],
-      n_tumors=int(info['n_tumors']), tumor_voxels=int(tumor.sum()),
-      liver_voxels=int(vol.liver.sum()), hu_decrement=float(info['hu_decrement']),
-      texture_sigma_mm=float(info['texture_sigma_mm']),
-      edge_sigma_mm=float(info['edge_sigma_mm']),
-      centres_voxel=centres.tolist(),
-      centres_mm=[list(map(float, vol.affine[:3, :3] @ c + vol.affine[:3, 3])) for c in centres],
-      semi_axes_mm=np.round(info['semi_axes_mm'][act], 2).tolist(),
-      kinds=[cfg.kinds[k].name for k in info['slot_kind'][act]],
-      pngs=pngs)
-  tmp = out / 'summary.json.tmp'
-  tmp.write_text(json.dumps(summary, indent=1))
-  os.replace(tmp, out / 'summary.json')
+  summary = {
+      'source': vol.source, 'seed': seed, 'spacing_mm': list(vol.spacing),
+      'kind': cfg.kind_choices[int(info['kind_choice'])],
+      'n_tumors': int(info['n_tumors']), 'tumor_voxels': int(tumor.sum()),
+      'liver_voxels': int(vol.liver.sum()), 'hu_decrement': float(info['hu_decrement']),
+      'texture_sigma_mm': float(info['texture_sigma_mm']),
+      'edge_sigma_mm': float(info['edge_sigma_mm']),
+      'centres_voxel': centres.tolist(),
+      'centres_mm': [list(map(float, vol.affine[:3, :3] @ c + vol.affine[:3, 3])) for c in centres],
+      'semi_axes_mm': np.round(info['semi_axes_mm'][act], 2).tolist(),
+      'kinds': [cfg.kinds[k].name for k in info['slot_kind'][act]],
+      'pngs': pngs}
+  atomic.write_json(out / 'summary.json', summary, indent=1)
   return summary
 
 

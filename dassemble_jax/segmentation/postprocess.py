@@ -23,7 +23,7 @@ organs: for packed masks the highest set bit).
 from __future__ import annotations
 
 import concurrent.futures
-from typing import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 from scipy import ndimage

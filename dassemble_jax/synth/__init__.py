@@ -9,8 +9,12 @@ for whole scans `synthesize_tumors_roi` works in a static box around the liver. 
 """
 
 from dassemble_jax.synth.config import SynthConfig, TumorKind, anchor_training_config
-from dassemble_jax.synth.generate import (label_map, synthesize_batch, synthesize_tumors,
-                                          synthesize_tumors_roi)
+from dassemble_jax.synth.generate import (
+    label_map,
+    synthesize_batch,
+    synthesize_tumors,
+    synthesize_tumors_roi,
+)
 
 __all__ = ['SynthConfig', 'TumorKind', 'anchor_training_config', 'label_map',
            'synthesize_batch', 'synthesize_tumors', 'synthesize_tumors_roi']

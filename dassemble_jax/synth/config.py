@@ -16,7 +16,6 @@ A robustness study changes one property at a time, e.g.
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional
 
 Range = tuple[float, float]
 
@@ -75,7 +74,7 @@ class SynthConfig:
   # In-plane erosion of the liver before picking a centre (anchor: 5x5 at 1 mm = 2 mm).
   erosion_mm: float = 2.0
   # If set, centres are drawn only within this distance of the liver surface (in-plane).
-  near_surface_mm: Optional[float] = None
+  near_surface_mm: float | None = None
   # Fewer liver voxels than this: no tumor, info['valid'] = False.
   min_liver_voxels: int = 64
 
@@ -93,7 +92,7 @@ class SynthConfig:
   # HU per unit of the CT given: 1 for HU; 210 for the anchor's [-21, 189] -> [0, 1] window.
   hu_per_unit: float = 1.0
   # Clip the output CT to this range (in the CT's own units), e.g. (0., 1.) for a scaled CT.
-  clip: Optional[Range] = None
+  clip: Range | None = None
 
   # --- paper-only extras (off by default, as in the anchor's training) ------------------------
   # Vessel avoidance: vessels are liver voxels whose smoothed CT exceeds the mean liver HU by
@@ -130,17 +129,11 @@ class SynthConfig:
       raise ValueError('box_factor must exceed axis_range[1] (the box holds the ellipsoid)')
 
   # --- helpers for robustness sweeps ----------------------------------------------------------
-  def only_kind(self, name: str, count: Optional[tuple[int, int]] = None) -> 'SynthConfig':
+  def only_kind(self, name: str, count: tuple[int, int] | None = None) -> SynthConfig:
     """Only tumors of kind `name`, optionally with a fixed count range."""
     kinds = tuple(dataclasses.replace(k, count=count) if (k.name == name and count) else k
                   for k in self.kinds)
     return dataclasses.replace(self, kinds=kinds, kind_choices=(name,))
-
-  def with_radius(self, name: str, radius_mm: float) -> 'SynthConfig':
-    """Kind `name` with another nominal radius (a size sweep)."""
-    kinds = tuple(dataclasses.replace(k, radius_mm=radius_mm) if k.name == name else k
-                  for k in self.kinds)
-    return dataclasses.replace(self, kinds=kinds)
 
   def max_counts(self) -> tuple[int, ...]:
     """Static number of tumor slots per kind: the most any allowed choice can draw."""

@@ -12,7 +12,7 @@ cheaper in wall time than a long depthwise convolution.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -34,7 +34,7 @@ def gaussian_matrix(n: int, sigma: jax.Array, radius: int) -> jax.Array:
   j = jnp.arange(n, dtype=jnp.float32)[None, :]
   # The reflect-extended signal is periodic with period 2n; sample i + k reads x[j] when
   # i + k == j or i + k == -1 - j modulo 2n. Sum the kernel over every such k within the radius.
-  periods = int(math.ceil((radius + n) / (2 * n))) + 1
+  periods = math.ceil((radius + n) / (2 * n)) + 1
   shifts = 2.0 * n * jnp.arange(-periods, periods + 1, dtype=jnp.float32)[:, None, None]
   offsets = jnp.concatenate([j - i + shifts, -1.0 - j - i + shifts])  # (2(2p+1), n, n)
   w = jnp.exp(-0.5 * jnp.square(offsets / sigma)) / norm

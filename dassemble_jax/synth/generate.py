@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -108,21 +108,21 @@ def synthesize_tumors(key: jax.Array, ct: jax.Array, liver_mask: jax.Array,
     new_ct = jnp.clip(jnp.round(new_ct), info_t.min, info_t.max)
   new_ct = new_ct.astype(ct.dtype)
 
-  info = dict(
-      valid=liver_ok & any_tumor,
-      liver_ok=liver_ok,
-      applied=applied,
-      kind_choice=params.kind_choice,
-      n_tumors=jnp.sum(active).astype(jnp.int32),
-      active=active,
-      slot_kind=jnp.asarray(shapes.slot_kinds(cfg)),
-      centres=centres,
-      semi_axes_mm=params.semi_axes_mm,
-      hu_decrement=delta_hu,
-      edge_sigma_mm=edge_sigma,
-      texture_sigma_mm=tex_params.sigma_a_mm,
-      texture_smooth_sigma_mm=tex_params.sigma_b_mm,
-  )
+  info = {
+      'valid': liver_ok & any_tumor,
+      'liver_ok': liver_ok,
+      'applied': applied,
+      'kind_choice': params.kind_choice,
+      'n_tumors': jnp.sum(active).astype(jnp.int32),
+      'active': active,
+      'slot_kind': jnp.asarray(shapes.slot_kinds(cfg)),
+      'centres': centres,
+      'semi_axes_mm': params.semi_axes_mm,
+      'hu_decrement': delta_hu,
+      'edge_sigma_mm': edge_sigma,
+      'texture_sigma_mm': tex_params.sigma_a_mm,
+      'texture_smooth_sigma_mm': tex_params.sigma_b_mm,
+  }
   return new_ct, geo, info
 
 

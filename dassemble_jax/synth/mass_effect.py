@@ -8,7 +8,7 @@ at x - d(x) (pull-back, trilinear) inside the liver. Nothing outside the tumors'
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp

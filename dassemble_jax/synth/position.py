@@ -9,7 +9,7 @@ the eroded liver to the liver itself, and a liver below cfg.min_liver_voxels tur
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -38,7 +38,7 @@ def morph_inplane(mask: jax.Array, radius_mm: float, spacing: Sequence[float], c
   """Erodes/dilates a bool mask by a square of radius_mm in the plane normal to cfg.cc_axis."""
   for ax in range(3):
     if ax != cfg.cc_axis:
-      mask = _pool_axis(mask, ax, int(round(radius_mm / spacing[ax])), erode)
+      mask = _pool_axis(mask, ax, round(radius_mm / spacing[ax]), erode)
   return mask
 
 
@@ -59,7 +59,7 @@ def candidates(ct: jax.Array, liver: jax.Array, spacing: Sequence[float],
     vessel = liver & (smooth > mean + cfg.vessel_hu_margin / cfg.hu_per_unit)
     near = vessel
     for ax in range(3):
-      near = _pool_axis(near, ax, int(round(cfg.vessel_margin_mm / spacing[ax])), erode=False)
+      near = _pool_axis(near, ax, round(cfg.vessel_margin_mm / spacing[ax]), erode=False)
     cand = cand & ~near
   return jnp.where(jnp.any(cand), cand, liver)
 

@@ -10,13 +10,13 @@ from __future__ import annotations
 import ast
 import dataclasses
 import gzip
-import os
 import pathlib
 import tarfile
-import tempfile
 
 import nibabel as nib
 import numpy as np
+
+from dassemble_jax import atomic
 
 TOTALSEG = 'totalsegmentator==2.18.0'
 _CT = 'tests/reference_files/example_ct_sm.nii.gz'
@@ -104,20 +104,12 @@ def load_files(ct_path: str, seg_path: str, liver_labels, min_voxels: int = 64) 
 
 
 def save_nifti(array: np.ndarray, affine: np.ndarray, path: pathlib.Path, header=None) -> None:
-  """Writes a NIfTI atomically: to a temporary name in the folder, then renamed."""
-  path = pathlib.Path(path)
+  """Writes a NIfTI atomically (`atomic.temporary_path`), keeping the input's xyzt units."""
   img = nib.Nifti1Image(array, affine)
   if header is not None:
     img.header.set_xyzt_units(*header.get_xyzt_units())
-  fd, tmp = tempfile.mkstemp(dir=path.parent, suffix='.nii.gz')
-  os.close(fd)
-  try:
-    nib.save(img, tmp)
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.unlink(tmp)
-    raise
+  with atomic.temporary_path(path) as tmp:
+    nib.save(img, str(tmp))
 
 
 def as_input_dtype(new_ct: np.ndarray, like: np.ndarray) -> np.ndarray:

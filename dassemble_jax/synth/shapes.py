@@ -17,7 +17,8 @@ warped tumor always fits its box.
 from __future__ import annotations
 
 import math
-from typing import NamedTuple, Sequence
+from collections.abc import Sequence
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -45,7 +46,7 @@ def slot_kinds(cfg: SynthConfig) -> np.ndarray:
 
 def box_half(radius_mm: float, spacing: Sequence[float], cfg: SynthConfig) -> tuple[int, ...]:
   """Static half-size (voxels, per axis) of the box a tumor of nominal radius is drawn in."""
-  return tuple(int(math.ceil(cfg.box_factor * radius_mm / s)) for s in spacing)
+  return tuple(math.ceil(cfg.box_factor * radius_mm / s) for s in spacing)
 
 
 def shape_layout(cfg: SynthConfig) -> dict[str, tuple[int, ...]]:

@@ -9,7 +9,8 @@ traced (one kernel matrix per axis built from it), so every choice runs the same
 
 from __future__ import annotations
 
-from typing import NamedTuple, Sequence
+from collections.abc import Sequence
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp

@@ -18,7 +18,7 @@ the cranio-caudal axis is z (axis 2), the head at the high index.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -111,7 +111,7 @@ def synthesize_window_batch(key: jax.Array, batch: dict, spacing, cfg: SynthConf
   image = batch["image"].astype(jnp.float32)
   label = batch["label"]
   ok = batch["synth_ok"].astype(jnp.bool_)                               # (B,)
-  liver = ((label >> jnp.uint32(LIVER - 1)) & jnp.uint32(1)).astype(jnp.bool_)
+  liver = (label & jnp.uint32(taxonomy.bit(LIVER))) != 0                   # (B, X, Y, Z)
   new_image, tumor, _ = synthesize_batch(key, image, liver, tuple(spacing), cfg, eligible=ok)
   # The generator clips tumors to the liver, so the liver bit is already set under them.
   label = label | jnp.where(tumor, jnp.uint32(taxonomy.bit(LIVER_TUMOR)), jnp.uint32(0))

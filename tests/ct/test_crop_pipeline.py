@@ -5,8 +5,7 @@ import collections
 import numpy as np
 import pytest
 
-from dassemble_jax.ct import phantom, taxonomy
-from dassemble_jax.ct import crop_pipeline
+from dassemble_jax.ct import crop_pipeline, phantom, taxonomy
 
 
 @pytest.fixture(scope="module")
@@ -129,7 +128,7 @@ def test_several_crops_per_record(shards):
 @pytest.mark.slow
 def test_worker_processes_give_the_same_batches(shards):
   crop = crop_pipeline.CropConfig(crop_size=(8, 8, 8))
-  kw = dict(batch_size=2, seed=3, crop=crop, shard_index=0, shard_count=1)
+  kw = {"batch_size": 2, "seed": 3, "crop": crop, "shard_index": 0, "shard_count": 1}
   a = iter(crop_pipeline.make_ct_dataset(shards, **kw))
   b = iter(crop_pipeline.make_ct_dataset(shards, num_workers=2, **kw))
   for _ in range(4):

@@ -5,7 +5,7 @@ import numpy as np
 from dassemble_jax.ct import phantom, taxonomy
 from dassemble_jax.data import arrayrecord_io
 
-_SMALL = dict(shape=(32, 28, 20), spacing=(6.0, 6.0, 8.0))
+_SMALL = {"shape": (32, 28, 20), "spacing": (6.0, 6.0, 8.0)}
 
 
 def test_make_case_is_deterministic_and_anatomical():

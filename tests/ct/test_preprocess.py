@@ -117,7 +117,7 @@ def test_map_labels_lits_optional_and_errors():
   local = np.zeros((6, 6, 6), np.int16)
   local[1:4, 1:4, 1:4] = 1
   local[2, 2, 2] = 2
-  bits, annotated = preprocess.map_labels(local, datasets.get("lits"), np.eye(4))
+  bits, _ = preprocess.map_labels(local, datasets.get("lits"), np.eye(4))
   assert bits[2, 2, 2] == taxonomy.bit(6) | taxonomy.bit(27)
   assert bits[1, 1, 1] == taxonomy.bit(6) and bits[0, 0, 0] == 0
   # BTCV's duodenum (14) counts as annotated only where the case has it.

@@ -2,7 +2,6 @@
 
 import dataclasses
 
-import numpy as np
 import pytest
 
 from dassemble_jax.ct import datasets, taxonomy
@@ -71,11 +70,11 @@ def test_amos_case_filter_keeps_ct_only():
 
 
 @pytest.mark.parametrize("change, message", [
-    (dict(labels={0: 0, 1: 33}, annotated=(33,)), "not a class id"),
-    (dict(labels={0: 0, 1: "spleen_pair"}, annotated=(1,)), "unknown pair"),
-    (dict(labels={0: 0, 1: 6}, annotated=(6, 27)), "must agree"),
-    (dict(labels={"kidney_right": 2, "kidney_left": 3, "tumor": 26}, annotated=(2, 3, 26),
-          by_name=True), "per side"),
+    ({"labels": {0: 0, 1: 33}, "annotated": (33,)}, "not a class id"),
+    ({"labels": {0: 0, 1: "spleen_pair"}, "annotated": (1,)}, "unknown pair"),
+    ({"labels": {0: 0, 1: 6}, "annotated": (6, 27)}, "must agree"),
+    ({"labels": {"kidney_right": 2, "kidney_left": 3, "tumor": 26}, "annotated": (2, 3, 26),
+          "by_name": True}, "per side"),
 ])
 def test_validate_rejects_inconsistent_entries(change, message):
   spec = dataclasses.replace(datasets.get("lits"), name="bad", **change)

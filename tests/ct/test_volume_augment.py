@@ -6,8 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 from scipy import ndimage
 
-from dassemble_jax.ct import bitmask
-from dassemble_jax.ct import volume_augment
+from dassemble_jax.ct import bitmask, volume_augment
 
 
 def _batch(b=3, w=(12, 12, 10), seed=0):

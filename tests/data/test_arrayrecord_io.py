@@ -147,18 +147,18 @@ def test_undecodable_record_names_the_file(tmp_path):
 
 def test_exception_inside_with_leaves_nothing(tmp_path):
   target = tmp_path / "ds"
-  with pytest.raises(RuntimeError, match="conversion failed"):
-    with ario.DatasetWriter(target, shards_per_split=2) as w:
-      for r in _images(10):
-        w.add("train", r)
-      raise RuntimeError("conversion failed")
+  with (pytest.raises(RuntimeError, match="conversion failed"),
+        ario.DatasetWriter(target, shards_per_split=2) as w):
+    for r in _images(10):
+      w.add("train", r)
+    raise RuntimeError("conversion failed")
   assert list(tmp_path.iterdir()) == []
 
 
 def test_forgetting_close_leaves_nothing(tmp_path):
-  with pytest.raises(RuntimeError, match="without close"):
-    with ario.DatasetWriter(tmp_path / "ds") as w:
-      w.add("train", _images(1)[0])
+  with (pytest.raises(RuntimeError, match="without close"),
+        ario.DatasetWriter(tmp_path / "ds") as w):
+    w.add("train", _images(1)[0])
   assert list(tmp_path.iterdir()) == []
 
 

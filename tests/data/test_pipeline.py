@@ -35,6 +35,10 @@ def _labels(batches):
   return [b["label"].tolist() for b in batches]
 
 
+def _flat_labels(batches):
+  return [k for b in batches for k in b["label"].tolist()]
+
+
 def _take(loader, n):
   it = iter(loader)
   return [next(it) for _ in range(n)]
@@ -130,12 +134,12 @@ def test_batches_shapes_and_one_epoch_coverage(ds):
     assert b["label"].shape == (8,) and b["label"].dtype == np.int32
     # The image still belongs to its label after shuffling and batching.
     np.testing.assert_allclose(b["image"][:, 0, 0, 0], b["label"] / 255, rtol=1e-6)
-  seen = sum(_labels(batches), [])
+  seen = _flat_labels(batches)
   assert len(set(seen)) == len(seen) == 32  # each key at most once; 5 dropped (remainder)
   assert seen != sorted(seen)  # shuffled
   kept = pl.make_loader(ds, "train", global_batch_size=8, seed=3, num_epochs=1,
                         drop_remainder=False)
-  assert sorted(sum(_labels(kept), [])) == list(range(N))
+  assert sorted(_flat_labels(kept)) == list(range(N))
 
 
 def test_same_seed_same_batches_different_seed_different_order(ds):
@@ -158,12 +162,12 @@ def test_per_process_shards_are_disjoint_and_cover(ds):
   for batches in shards:
     assert len(batches) == (N // 2) // 3
     assert all(b["label"].shape == (3,) for b in batches)  # 6 // 2 per process
-    keys.append(set(sum(_labels(batches), [])))
+    keys.append(set(_flat_labels(batches)))
   assert not keys[0] & keys[1]
   # Without batch remainder dropping, the two shards cover every key but the sharding remainder.
-  full = [set(sum(_labels(pl.make_loader(ds, "train", global_batch_size=2, seed=1, num_epochs=1,
-                                         shard_index=i, shard_count=2,
-                                         drop_remainder=False)), []))
+  full = [set(_flat_labels(pl.make_loader(ds, "train", global_batch_size=2, seed=1,
+                                          num_epochs=1, shard_index=i, shard_count=2,
+                                          drop_remainder=False)))
           for i in range(2)]
   assert not full[0] & full[1]
   assert len(full[0]) == len(full[1]) == N // 2
@@ -181,14 +185,14 @@ def test_bad_batch_sizes(ds):
 
 def test_repeat_across_epochs(ds):
   batches = list(pl.make_loader(ds, "train", global_batch_size=4, seed=2, num_epochs=3))
-  keys = sum(_labels(batches), [])
+  keys = _flat_labels(batches)
   assert len(batches) == 3 * N // 4
   counts = np.bincount(keys, minlength=N)
   assert counts.max() == 3 and counts.sum() == 4 * len(batches)
   assert keys[:N] != keys[N:2 * N]  # reshuffled each epoch
   # num_epochs=None repeats forever.
   endless = _take(pl.make_loader(ds, "train", global_batch_size=8, seed=2), 3 * N // 8 + 2)
-  assert np.bincount(sum(_labels(endless), []), minlength=N).min() >= 2
+  assert np.bincount(_flat_labels(endless), minlength=N).min() >= 2
 
 
 def test_iterator_state_restore_mid_epoch(ds):

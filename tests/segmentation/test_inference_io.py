@@ -9,12 +9,9 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from dassemble_jax.ct import bitmask
-from dassemble_jax.ct import nifti_io
-from dassemble_jax.ct import resample
+from dassemble_jax.ct import bitmask, nifti_io, resample
 from dassemble_jax.ct.nifti_io import CaseError
-from dassemble_jax.segmentation import seg_metrics
-from dassemble_jax.segmentation import inference
+from dassemble_jax.segmentation import inference, seg_metrics
 
 # An LPS-like, slightly anisotropic affine with an offset: what a DICOM conversion gives.
 AFFINE = np.array([[-0.8, 0.0, 0.0, 120.0],
@@ -40,7 +37,7 @@ def test_label_map_round_trip_keeps_affine(tmp_path):
   # Both qform and sform carry the affine, so viewers agree on the alignment.
   assert int(img.header["qform_code"]) == 1 and int(img.header["sform_code"]) == 1
   np.testing.assert_allclose(img.get_qform(), AFFINE, atol=1e-5)
-  vol, affine, spacing = inference.load_nifti_for_prediction(out)
+  vol, _, spacing = inference.load_nifti_for_prediction(out)
   assert vol.dtype == np.float32 and vol.shape == labels.shape
   np.testing.assert_allclose(spacing, [0.8, 0.8, 2.0], rtol=1e-6)
   assert sorted(os.listdir(tmp_path)) == ["case.nii.gz"]  # no temporary left over

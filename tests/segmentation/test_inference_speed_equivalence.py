@@ -13,8 +13,8 @@ from scipy import ndimage
 
 from benchmarks import predict_host as ref
 from dassemble_jax.ct import bitmask, nifti_io, resample
-from dassemble_jax.segmentation import postprocess as pp
 from dassemble_jax.segmentation import inference
+from dassemble_jax.segmentation import postprocess as pp
 
 SHAPE = (23, 19, 17)
 
@@ -56,8 +56,8 @@ def test_postprocess_equals_reference(seed):
 
 def test_postprocess_options_and_class_counts():
   masks = random_masks(100)
-  for kw in [dict(closing=3, dilation=7), dict(closing=4, dilation=2), dict(lungs=False),
-             dict(lcc_ids=(1, 6), host_filter_ids=(27,)), dict(closing=1, dilation=1)]:
+  for kw in [{"closing": 3, "dilation": 7}, {"closing": 4, "dilation": 2}, {"lungs": False},
+             {"lcc_ids": (1, 6), "host_filter_ids": (27,)}, {"closing": 1, "dilation": 1}]:
     np.testing.assert_array_equal(pp.postprocess(masks, **kw), ref.ref_postprocess(masks, **kw))
   for c in (27, 29, 40):  # fewer classes than lesions' ids; not a multiple of 8; > 32 bits
     m = random_masks(101, c=c)
@@ -187,7 +187,7 @@ def test_threshold_bits_on_device_and_packed_predict():
     return jnp.concatenate([20.0 * (x - k / 32.0) for k in range(32)], -1)
 
   volume = rng.random((20, 18, 16)).astype(np.float32)
-  kw = dict(window=(8, 8, 8), sw_batch_size=2, overlap=0.25)
+  kw = {"window": (8, 8, 8), "sw_batch_size": 2, "overlap": 0.25}
   for accumulate_on in ("device", "host"):
     masks = inference.predict_volume(model, volume, accumulate_on=accumulate_on, **kw)
     packed = inference.predict_volume(model, volume, accumulate_on=accumulate_on, packed=True,

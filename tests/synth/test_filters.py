@@ -42,7 +42,7 @@ def test_texture_matches_float64_reference():
   got = np.asarray(jax.jit(texture.make_texture, static_argnums=(3, 4))(
       noise, bern, params, spacing, cfg))
   want = texture.texture_numpy_reference(
-      noise, bern, dict(sigma_a_mm=9.0, sigma_b_mm=4.0, scale=0.2, offset=0.05, u0=0.52),
+      noise, bern, {'sigma_a_mm': 9.0, 'sigma_b_mm': 4.0, 'scale': 0.2, 'offset': 0.05, 'u0': 0.52},
       spacing, cfg)
   assert got.min() >= 0 and got.max() <= 1
   # A Bernoulli draw at a threshold can flip for values within float32 rounding: allow a few.

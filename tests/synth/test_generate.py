@@ -29,7 +29,7 @@ def synth(key, ct, liver):
   return synthesize_tumors(key, ct, liver, SPACING, CFG)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _batch():
   """A batch of 5 through synthesize_batch (one compile shared by the tests below)."""
   cts = np.stack([CT + i for i in range(len(KEYS))])

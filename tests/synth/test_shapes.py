@@ -78,7 +78,7 @@ def test_elastic_tumor_stays_in_its_box_and_changes_shape():
   centre = jnp.asarray([s // 2 for s in shape], jnp.int32)
   params = jax.jit(lambda k: shapes.sample_shape_params(
       draws.draw(k, shapes.shape_layout(cfg)), cfg))(jax.random.key(5))
-  mask, start = jax.jit(shapes.render_tumor, static_argnums=(3, 4, 5, 6))(
+  mask, _ = jax.jit(shapes.render_tumor, static_argnums=(3, 4, 5, 6))(
       centre, params.semi_axes_mm[0], params.control_mm[0], half, box, tuple(shape), spacing)
   mask = np.asarray(mask)
   assert mask.sum() > 0

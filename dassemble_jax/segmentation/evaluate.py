@@ -13,6 +13,7 @@ training) and `detection_by_radius` (lesion-level sensitivity per tumor radius b
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -198,7 +199,7 @@ def detection_by_radius(pred: np.ndarray, gt: np.ndarray, spacing,
     touching = np.setdiff1d(np.unique(pred_labels[lesion]), [0])
     dsc[i] = seg_metrics.dice(np.isin(pred_labels, touching), lesion)
   out = {}
-  for lo, hi in zip(bins[:-1], bins[1:]):
+  for lo, hi in itertools.pairwise(bins):
     inside = (radii >= lo) & (radii < hi)
     out[bin_name(lo, hi)] = {"n": int(inside.sum()), "detected": int(hit[1:][inside].sum()),
                              "dsc_sum": float(dsc[inside].sum())}

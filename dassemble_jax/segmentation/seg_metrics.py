@@ -22,6 +22,8 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
+from dassemble_jax.ct import bitmask
+
 _FACE = ndimage.generate_binary_structure(3, 1)
 
 
@@ -42,12 +44,7 @@ def surface(mask: np.ndarray) -> np.ndarray:
 
 def _bbox_union(a: np.ndarray, b: np.ndarray) -> tuple[slice, ...]:
   """Bounding box of a | b (both nonempty or not: callers check)."""
-  both = a | b
-  out = []
-  for axis in range(3):
-    nz = np.flatnonzero(both.any(axis=tuple(i for i in range(3) if i != axis)))
-    out.append(slice(nz[0], nz[-1] + 1))
-  return tuple(out)
+  return bitmask.class_boxes((a | b)[..., None])[0]
 
 
 def nsd(pred: np.ndarray, gt: np.ndarray, spacing: Sequence[float], tolerance_mm: float) -> float:

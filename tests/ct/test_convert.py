@@ -35,6 +35,20 @@ def _records(out):
   return list(arrayrecord_io.read_records(out, "train"))
 
 
+def test_progress_lines_on_stderr_only_when_asked(tmp_path, capsys):
+  raw = tmp_path / "kits"
+  for i in range(3):
+    image, label = _case(i)
+    _write(raw / f"case_{i:05d}" / "imaging.nii.gz", image)
+    _write(raw / f"case_{i:05d}" / "segmentation.nii.gz", label)
+  convert.convert_dataset("kits", raw, tmp_path / "quiet", progress=False)
+  assert capsys.readouterr().err == ""
+  convert.convert_dataset("kits", raw, tmp_path / "out")
+  lines = capsys.readouterr().err.splitlines()  # not a terminal: one line per case, no "\r"
+  assert [line.split(" (")[0] for line in lines] == [f"convert {i}/3" for i in (1, 2, 3)]
+  assert "cases/s" in lines[-1] and "ETA" in lines[-1] and "case case_00002" in lines[-1]
+
+
 def test_kits_layout_and_record_contents(tmp_path):
   raw = tmp_path / "kits"
   for i in range(2):

@@ -6,9 +6,9 @@ CIFAR-10 cannot be fetched on the development machines, so the data are random u
 the real shape (32 x 32 x 3, 10 classes, every label known): the arithmetic, memory traffic and
 program are those of a real epoch; the accuracy is meaningless and not reported. Measured on the
 device JAX finds, one process:
-  scan:  the whole epoch as one compiled call (`trainer.make_epoch_fn`: permutation + `lax.scan`
-         over steps, data resident on the device, flip + translate inside the step);
-  loop:  the same epoch as a Python loop of jitted steps (`trainer.make_resident_loop_fn`).
+  scan:  the whole epoch as one compiled call (`trainer.ResidentEpoch`, mode scan: permutation +
+         `lax.scan` over steps, data resident on the device, flip + translate inside the step);
+  loop:  the same epoch as a Python loop of jitted steps (`trainer.ResidentEpoch`, mode loop).
 The network is the config's (`--arch`: 'airbench', the `full` setting's, or 'resnet', the
 project's ResNet (64, 128, 256) it replaced); the JSON gives its forward MFLOP per image counted
 by hand (every conv tap and the head, 2 FLOP per multiply-add). The issue-6 target: <= 0.2 s per 50,000-image epoch on an H100 (airbench: ~10 epochs in 3.3 s on
@@ -26,8 +26,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 import jax
 import numpy as np
 
-from configs import cifar_assemble
 from dassemble_jax import sharding
+from dassemble_jax.classification import experiments
 from dassemble_jax.classification import trainer
 from dassemble_jax.models import airbench
 
@@ -55,7 +55,7 @@ def main():
   p.add_argument("--modes", default="scan,loop")
   a = p.parse_args()
 
-  c = cifar_assemble.get_config("full")
+  c = experiments.cifar_assemble("full")
   a.batch = a.batch or int(c.batch_size)
   c.batch_size, c.compute_dtype = a.batch, a.dtype
   if a.arch and a.arch != c.model.arch:
@@ -82,22 +82,20 @@ def main():
          "arch": c.model.arch, "widths": list(c.model.widths), "params_M": n_params / 1e6,
          "forward_MFLOP_per_image": flops(tuple(c.model.widths)) / 1e6, "augment": c.augment}
   for mode in a.modes.split(","):
+    fn = trainer.ResidentEpoch(c, step, steps, a.batch, mode=mode)
     if mode == "scan":
-      fn = jax.jit(trainer.make_epoch_fn(c, step, steps, a.batch), donate_argnums=0)
       t0 = time.perf_counter()
-      fn = fn.lower(state, resident, 0).compile()
+      fn.compile(state, resident, c.seed, 0)
       out["scan_compile_s"] = time.perf_counter() - t0
-      cost = fn.cost_analysis()
+      cost = fn.compiled_epoch().cost_analysis()
       cost = cost[0] if isinstance(cost, (list, tuple)) else cost
       out["scan_epoch_GFLOP"] = cost.get("flops", float("nan")) / 1e9
-    else:
-      fn = trainer.make_resident_loop_fn(c, step, steps, a.batch)
-    state, _ = fn(state, resident, 0)  # warm-up (and the loop's compile)
+    state, _ = fn(state, resident, c.seed, 0)  # warm-up (and the loop's compile)
     jax.block_until_ready(state)
     times = []
     for e in range(1, a.epochs + 1):
       t0 = time.perf_counter()
-      state, _ = fn(state, resident, e)
+      state, _ = fn(state, resident, c.seed, e)
       jax.block_until_ready(state)
       times.append(time.perf_counter() - t0)
     out[f"{mode}_epoch_s"] = min(times)

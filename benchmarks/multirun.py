@@ -26,7 +26,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from dassemble_jax.classification import multirun
+from dassemble_jax.classification import experiments  # noqa: E402
+from dassemble_jax.classification import multirun  # noqa: E402
 
 
 def _fake_cifar(folder: str, per_batch: int) -> str:
@@ -45,14 +46,12 @@ def configs(args):
   out = []
   for seed in range(args.runs):
     if args.dataset == "mnist":
-      from configs import mnist_odd_even
-      c = mnist_odd_even.get_config("D0")
+      c = experiments.mnist_odd_even("D0")
       c.data.source = "hub"
       c.model.widths = tuple(args.widths)
       c.test_subset = args.num_test
     else:
-      from configs import cifar_assemble
-      c = cifar_assemble.get_config("D0+D1")
+      c = experiments.cifar_assemble("D0+D1")
       c.data.source, c.data.path = "pickle", args.data_path
       c.compute_dtype = "float32"  # CPU
       c.batch_size = 128

@@ -21,8 +21,8 @@ import time
 
 import jax
 
-from configs import mnist_odd_even
 from dassemble_jax import sharding
+from dassemble_jax.classification import experiments
 from dassemble_jax.classification import trainer
 from dassemble_jax.data import arrayrecord_io, pipeline
 from dassemble_jax.classification import prepare
@@ -42,7 +42,7 @@ def main():
   ap.add_argument("--widths", default="16,32,64", help="ResNet stage widths")
   args = ap.parse_args()
 
-  c = mnist_odd_even.get_config("D0+D1")
+  c = experiments.mnist_odd_even("D0+D1")
   c.data.sources = tuple(dict(s, num_train=args.num_train, num_validation=100)
                          for s in c.data.sources)
   c.batch_size, c.compute_dtype = args.batch, args.dtype
@@ -63,18 +63,18 @@ def main():
   # Resident, both epoch forms: one compiled lax.scan per epoch, and a loop of jitted steps.
   arrays = arrayrecord_io.load_split_arrays(data_dir, "train")
   resident = sharding.put_replicated({k: arrays[k] for k in ("image", "targets", "known")}, mesh)
-  epoch_fn = jax.jit(trainer.make_epoch_fn(c, step, steps, args.batch), donate_argnums=0)
+  scan_fn = trainer.ResidentEpoch(c, step, steps, args.batch, mode="scan")
   t0 = time.perf_counter()
-  compiled = epoch_fn.lower(state, resident, 0).compile()
+  scan_fn.compile(state, resident, c.seed, 0)
   result["compile_epoch_s"] = time.perf_counter() - t0
   log(f"epoch program compiled in {result['compile_epoch_s']:.1f} s")
-  loop_fn = trainer.make_resident_loop_fn(c, step, steps, args.batch)
-  for name, fn in (("resident_scan", compiled), ("resident_loop", loop_fn)):
-    state, _ = fn(state, resident, 0)  # warm-up (compiles the loop's step)
+  loop_fn = trainer.ResidentEpoch(c, step, steps, args.batch, mode="loop")
+  for name, fn in (("resident_scan", scan_fn), ("resident_loop", loop_fn)):
+    state, _ = fn(state, resident, c.seed, 0)  # warm-up (compiles the loop's step)
     jax.block_until_ready(state)
     t0 = time.perf_counter()
     for e in range(1, args.epochs + 1):
-      state, _ = fn(state, resident, e)
+      state, _ = fn(state, resident, c.seed, e)
     jax.block_until_ready(state)
     result[f"{name}_images_per_s"] = args.epochs * steps * args.batch / (time.perf_counter() - t0)
     log(f"{name}: {result[f'{name}_images_per_s']:.0f} images/s")

@@ -254,6 +254,10 @@ class ResidentEpoch:
       fns["step"] = fns["step"].lower(state, data, batch_idx, seed).compile()
     self._fns = fns
 
+  def compiled_epoch(self):
+    """The scan mode's epoch program after `compile` (e.g. for its cost analysis)."""
+    return self._fns["epoch"]
+
   def __call__(self, state, data, seed, epoch):
     if self._fns is None:
       self._fns = self._build(data)

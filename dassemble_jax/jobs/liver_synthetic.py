@@ -18,6 +18,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import time
@@ -106,7 +107,7 @@ def train_and_report(config, workdir: str, name: str) -> dict:
 
 
 def format_table(reports: dict, bins) -> str:
-  names = [evaluate.bin_name(lo, hi) for lo, hi in zip(bins[:-1], bins[1:])]
+  names = [evaluate.bin_name(lo, hi) for lo, hi in itertools.pairwise(bins)]
   cell = lambda v: "    -" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.3f}"
   head = (f"{'model':<10} {'liver DSC':>9} {'tumor DSC':>9} " +
           " ".join(f"{'sens ' + n:>18}" for n in names) +

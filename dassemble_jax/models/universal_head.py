@@ -123,7 +123,7 @@ class UniversalHead(nnx.Module):
     self.class_code = class_code
     self.embed_dim = embed_dim
     self.dtype = dtype
-    kw = dict(dtype=dtype, rngs=rngs)
+    kw = {"dtype": dtype, "rngs": rngs}
     # Image code: GroupNorm(16) -> ReLU -> GAP -> Linear(deep -> 256). Narrow test models get
     # the largest group count dividing their width.
     self.gap_norm = nnx.GroupNorm(deep_channels, num_groups=math.gcd(num_groups, deep_channels),

@@ -25,8 +25,8 @@ if TYPE_CHECKING:
 
 def write_results(workdir: str, results: Mapping[str, Any], title: str = "") -> str:
   """Prints the DSC/NSD tables and detection; writes workdir/eval.json. Returns the text."""
-  text = [f"== held-out evaluation {title} ({results['summary']['all']['n_cases']} cases, "
-          f"{results['seconds_per_case']:.2f} s/case) ==",
+  text = [(f"== held-out evaluation {title} ({results['summary']['all']['n_cases']} cases, "
+           f"{results['seconds_per_case']:.2f} s/case) =="),
           seg_metrics.format_table(results["summary"], "dsc"),
           seg_metrics.format_table(results["summary"], "nsd")]
   for lesion, d in sorted(results["detection"].items()):

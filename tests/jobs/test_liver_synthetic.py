@@ -5,6 +5,7 @@ converted once, the tiny liver_synthetic job run on it; detection by radius on h
 """
 
 import json
+import pathlib
 
 import jax
 import ml_collections
@@ -21,6 +22,14 @@ from dassemble_jax.synth import training as synth_training
 
 LIVER_BIT = int(taxonomy.bit(6))
 TUMOR_BIT = int(taxonomy.bit(27))
+
+
+def _json(path):
+  return json.loads(pathlib.Path(path).read_text())
+
+
+def _jsonl(path):
+  return [json.loads(line) for line in pathlib.Path(path).read_text().splitlines()]
 
 
 def _tiny():
@@ -89,7 +98,7 @@ def test_synthesis_inserts_tumors_only_into_healthy_livers(data):
 
 def test_job_trains_synthetic_and_real_and_reports_radius_bins(run, data):
   workdir = data["tmp"] / "run"
-  summary = json.load(open(workdir / "liver_synthetic.json"))
+  summary = _json(workdir / "liver_synthetic.json")
   assert set(summary["models"]) == {"synthetic", "real"}
   for report in summary["models"].values():
     assert set(report["by_radius"]) == {"0-5mm", "5-10mm", ">10mm"}
@@ -98,17 +107,17 @@ def test_job_trains_synthetic_and_real_and_reports_radius_bins(run, data):
   assert "sens 0-5mm" in (workdir / "liver_synthetic.txt").read_text()
   # The synthetic model learned liver tumors from healthy livers: the class counts as trained.
   synth_dir = workdir / "runs" / "synthetic"
-  assert set(json.load(open(synth_dir / "trained_classes.json"))) == {6, 27}
-  assert set(json.load(open(workdir / "runs" / "real" / "trained_classes.json"))) == {6, 27}
+  assert set(_json(synth_dir / "trained_classes.json")) == {6, 27}
+  assert set(_json(workdir / "runs" / "real" / "trained_classes.json")) == {6, 27}
   # The real-tumor model ran the same compiled step with no sample eligible for synthesis.
-  real = [json.loads(s) for s in open(workdir / "runs" / "real" / "metrics.jsonl")]
+  real = _jsonl(workdir / "runs" / "real" / "metrics.jsonl")
   assert all(r["train/synth_samples"] == 0 == r["train/synth_tumor_voxels"] for r in real)
-  lines = [json.loads(s) for s in open(synth_dir / "metrics.jsonl")]
+  lines = _jsonl(synth_dir / "metrics.jsonl")
   assert [r["step"] for r in lines] == [1, 2, 3]
   assert all(r["train/synth_samples"] == jax.device_count() for r in lines)
   assert sum(r["train/synth_tumor_voxels"] for r in lines) > 0
   # Same shapes every step: the synthesis step compiled once.
-  config = ml_collections.ConfigDict(json.load(open(synth_dir / "config.json")))
+  config = ml_collections.ConfigDict(_json(synth_dir / "config.json"))
   assert train_step.compiled_for(config, 1).step._cache_size() == 1
 
 

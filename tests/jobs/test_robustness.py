@@ -1,11 +1,12 @@
 """The robustness benchmark command on a tiny trained run: JSON + PNG, clear errors.
 
 The model is the tiny liver_synthetic config's synthetic model (the same compiled step as
-tests/jobs/test_liver_synthetic.py, so a session running both compiles it once); the evaluation set is
-swept into a held-out healthy phantom liver.
+tests/jobs/test_liver_synthetic.py, so a session running both compiles it once); the evaluation
+set is swept into a held-out healthy phantom liver.
 """
 
 import json
+import pathlib
 import shutil
 
 import jax
@@ -16,6 +17,10 @@ from dassemble_jax.jobs import robustness
 from dassemble_jax.segmentation import assembly_data, train_loop
 
 SOURCE = "phantom_healthy_liver"
+
+
+def _json(path):
+  return json.loads(pathlib.Path(path).read_text())
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +48,7 @@ def test_writes_json_and_png_per_property_value(trained, capsys):
   rc = _main(trained, out, "--property", "size", "--values", "12", "--cases", "1",
              "--ct", str(trained["ct"]), "--seg", str(trained["seg"]), "--liver-label", "1")
   assert rc == 0, capsys.readouterr().err
-  result = json.load(open(out / "robustness.json"))
+  result = _json(out / "robustness.json")
   assert result["checkpoint"] == "best" and result["checkpoint_step"] == trained["best_step"]
   (prop,) = result["results"]
   assert prop["property"] == "size" and prop["values"] == [12.0]
@@ -57,7 +62,7 @@ def test_writes_json_and_png_per_property_value(trained, capsys):
   # An existing set is read, not regenerated: the same numbers.
   again = trained["tmp"] / "bench_again"
   assert _main(trained, again, "--set", str(out / "sets" / "size")) == 0
-  assert json.load(open(again / "robustness.json"))["results"][0]["per_value"] == [row]
+  assert _json(again / "robustness.json")["results"][0]["per_value"] == [row]
 
 
 def test_missing_or_corrupt_inputs_name_the_file(trained, capsys, tmp_path):

@@ -7,8 +7,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from dassemble_jax.synth import realct
 from dassemble_jax.jobs import synth_overlay
+from dassemble_jax.synth import realct
 from tests.synth.toy import ellipsoid_liver
 
 

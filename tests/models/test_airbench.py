@@ -9,6 +9,7 @@ from flax import nnx
 from configs import cifar_assemble
 from dassemble_jax import sharding
 from dassemble_jax.classification import trainer
+from dassemble_jax.jobs import classify
 from dassemble_jax.models import airbench
 from tests.fake_cifar import write_cifar_pickles
 
@@ -175,7 +176,7 @@ def test_full_tiny_trains_end_to_end_with_whitening_from_the_data(tmp_path, monk
   monkeypatch.setattr(airbench, "whitening_kernel", spy)
   c = cifar_assemble.get_config("full,tiny")
   c.data.path = str(root)
-  out = trainer.train_and_evaluate(c, str(tmp_path / "w"))
+  out = classify.train_and_evaluate(c, str(tmp_path / "w"))
   assert np.isfinite(out["mean_test_auc"]) and out["num_test"] == 40
   assert len(out["label_space"]) == 10
   assert len(seen) == 1 and seen[0].shape == (48, 32, 32, 3) and seen[0].dtype == np.uint8

@@ -27,8 +27,7 @@ import jax
 import numpy as np
 
 from dassemble_jax import sharding
-from dassemble_jax.classification import experiments
-from dassemble_jax.classification import trainer
+from dassemble_jax.classification import experiments, trainer
 from dassemble_jax.models import airbench
 
 

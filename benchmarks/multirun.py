@@ -23,11 +23,13 @@ import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import jax  # noqa: E402
-import numpy as np  # noqa: E402
+import jax
+import numpy as np
 
-from dassemble_jax.classification import experiments  # noqa: E402
-from dassemble_jax.classification import multirun  # noqa: E402
+from dassemble_jax.classification import (
+  experiments,
+  multirun,
+)
 
 
 def _fake_cifar(folder: str, per_batch: int) -> str:
@@ -75,7 +77,7 @@ def main():
   args = p.parse_args()
   tmp = tempfile.mkdtemp()
   if args.dataset == "cifar_shape":
-    import dassemble_jax.data.cifar as cifar
+    from dassemble_jax.data import cifar
     per_batch = max(256, args.num_train // 2)
     args.data_path = _fake_cifar(tmp, per_batch)
     cifar.load_cifar10_pickles.__defaults__ = (per_batch,)  # validation: the 5th batch

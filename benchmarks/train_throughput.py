@@ -22,10 +22,8 @@ import time
 import jax
 
 from dassemble_jax import sharding
-from dassemble_jax.classification import experiments
-from dassemble_jax.classification import trainer
+from dassemble_jax.classification import experiments, prepare, trainer
 from dassemble_jax.data import arrayrecord_io, pipeline
-from dassemble_jax.classification import prepare
 
 
 def log(msg):

@@ -21,7 +21,8 @@ class MetricWriter:
       os.makedirs(workdir, exist_ok=True)
       from tensorboardX import SummaryWriter
       self._tb = SummaryWriter(os.path.join(workdir, "tb"))
-      self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
+      # Open for the writer's life, closed by close().
+      self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")  # noqa: SIM115
 
   def write(self, step: int, scalars: dict) -> None:
     if not self.enabled:

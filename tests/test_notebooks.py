@@ -5,8 +5,8 @@ import pathlib
 import nbclient
 import nbformat
 
-from tests.fake_mnist import write_fake_mnist
 from tests.fake_cifar import write_cifar_pickles
+from tests.fake_mnist import write_fake_mnist
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 

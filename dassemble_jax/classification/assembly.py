@@ -12,7 +12,7 @@ else in the experiment's world", whatever the training sources saw.
 from __future__ import annotations
 
 import dataclasses
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 

@@ -12,8 +12,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.stats
 
-from dassemble_jax.classification import experiments
-from dassemble_jax.classification import multirun
+from dassemble_jax.classification import experiments, multirun
 
 DIGITS = tuple(range(10))
 NUM_TRAIN, NUM_VAL = 500, 250  # per setting; 10 settings x 5 seeds must fit a 2-core CPU

@@ -19,7 +19,8 @@ def classification_config() -> ml_collections.ConfigDict:
   # --- data: what is assembled (changing any of these re-converts into a fresh workdir) ---
   c.data = ml_collections.ConfigDict()
   c.data.dataset = "mnist"        # 'mnist' | 'cifar10'
-  c.data.source = "auto"          # mnist: 'auto'|'idx'|'hub'|'tfds'; cifar10: 'auto'|'pickle'|'tfds'
+  # mnist: 'auto' | 'idx' | 'hub' | 'tfds'; cifar10: 'auto' | 'pickle' | 'tfds'
+  c.data.source = "auto"
   c.data.path = ml_collections.config_dict.placeholder(str)  # IDX / pickle folder, if any
   c.data.label_space = tuple("0123456789")  # assembled classes, in output order
   c.data.sources = ()             # list of dicts: name, classes, members, num_train, num_validation

@@ -15,7 +15,7 @@ Two regimes for the classes a source does *not* annotate:
 from __future__ import annotations
 
 import dataclasses
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 

@@ -6,7 +6,7 @@ compiled needs it, so scikit-learn's implementation is the one used.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 from sklearn import metrics as sk_metrics

@@ -16,16 +16,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dassemble_jax.classification import assembly
-from dassemble_jax.classification import metrics
-from dassemble_jax.classification import prepare
-from dassemble_jax.classification import trainer
+from dassemble_jax.classification import assembly, metrics, prepare, trainer
 
 _TRAIN_FIELDS = trainer.TRAIN_FIELDS
 

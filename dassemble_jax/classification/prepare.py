@@ -15,8 +15,8 @@ import os
 import jax
 import numpy as np
 
-from dassemble_jax.data import arrayrecord_io
 from dassemble_jax.classification import assembly
+from dassemble_jax.data import arrayrecord_io
 
 
 def _data_fingerprint(config) -> str:

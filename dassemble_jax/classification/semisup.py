@@ -135,7 +135,7 @@ def strong_view(key: jax.Array, images: jax.Array, *, flip: bool, pad: int, nois
   gain = jax.random.uniform(k4, (x.shape[0], 1, 1, 1), minval=0.7, maxval=1.3)
   x = jnp.clip((x - 0.5) * gain + 0.5 + 0.1 * (gain - 1.0), 0.0, 1.0)
   x = _noise(k2, x, noise) if noise > 0 else x
-  return cutout(k3, x, int(round(cutout_frac * images.shape[1])))
+  return cutout(k3, x, round(cutout_frac * images.shape[1]))
 
 
 def views(cfg, key: jax.Array, images: jax.Array, *, flip: bool):

@@ -16,7 +16,8 @@ the same config does the same arithmetic either way:
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -24,13 +25,9 @@ import numpy as np
 import optax
 from flax import nnx
 
-from dassemble_jax import optimizer
-from dassemble_jax import sharding
-from dassemble_jax.classification import augment
-from dassemble_jax.classification import losses
-from dassemble_jax.classification import semisup
-from dassemble_jax.models import airbench
-from dassemble_jax.models import classifier
+from dassemble_jax import optimizer, sharding
+from dassemble_jax.classification import augment, losses, semisup
+from dassemble_jax.models import airbench, classifier
 
 State = dict[str, Any]  # {'step', 'params', 'batch_stats', 'opt_state'[, 'teacher']}
 TRAIN_FIELDS = ("image", "targets", "known")

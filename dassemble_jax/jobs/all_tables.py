@@ -36,7 +36,7 @@ def run_all(workdir: str, seeds: int, jobs: int, tiny: bool = False,
       cmd = [sys.executable, "-m", "dassemble_jax.jobs.tables", f"--table={table}",
              f"--workdir={out}", f"--seeds={seeds}"] + (["--tiny"] if tiny else [])
       cmd += [f"--data_path={data_path}"] if data_path else []
-      log = open(os.path.join(out, "log.txt"), "w")
+      log = open(os.path.join(out, "log.txt"), "w")  # noqa: SIM115 - closed below
       running[table] = (subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT),
                         time.perf_counter(), log)
       print(f"started {table}", flush=True)

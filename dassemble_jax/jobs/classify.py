@@ -17,14 +17,9 @@ import os
 import jax
 import numpy as np
 
-from dassemble_jax import atomic
-from dassemble_jax import checkpointing
-from dassemble_jax import metric_writer
+from dassemble_jax import atomic, checkpointing, metric_writer, sharding
 from dassemble_jax import progress as progress_lib
-from dassemble_jax import sharding
-from dassemble_jax.classification import metrics
-from dassemble_jax.classification import prepare
-from dassemble_jax.classification import trainer
+from dassemble_jax.classification import metrics, prepare, trainer
 from dassemble_jax.data import arrayrecord_io
 
 

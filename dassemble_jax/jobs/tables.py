@@ -20,15 +20,16 @@ import json
 import os
 import time
 
-from absl import app
-from absl import flags
+from absl import app, flags
 
 from dassemble_jax import atomic
-from dassemble_jax.classification import example2
-from dassemble_jax.classification import experiments
-from dassemble_jax.classification import multirun
-from dassemble_jax.classification import paper_numbers
-from dassemble_jax.classification import table_report
+from dassemble_jax.classification import (
+  example2,
+  experiments,
+  multirun,
+  paper_numbers,
+  table_report,
+)
 
 TABLES = ("odd_even", "overlap", "zero", "cifar", "example2")
 
@@ -118,9 +119,10 @@ def run_table(table: str, workdir: str, *, seeds: int = 5, tiny: bool = False,
     extra["example2"] = example2.analyse(results, cols, interest)
     seed_table = None
   os.makedirs(workdir, exist_ok=True)
-  paths = table_report.write_table(workdir, table, summary, columns, classes=[str(i) for i in range(10)],
-                             seed_table=seed_table, extra=extra,
-                             title=f"{table} ({seeds} seeds{', tiny' if tiny else ''})")
+  paths = table_report.write_table(workdir, table, summary, columns,
+                                   classes=[str(i) for i in range(10)], seed_table=seed_table,
+                                   extra=extra,
+                                   title=f"{table} ({seeds} seeds{', tiny' if tiny else ''})")
   atomic.write_json(os.path.join(workdir, f"{table}_runs.json"), results, indent=1)
   if verbose:
     with open(paths["md"]) as f:

@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 import scipy.stats
 
-from dassemble_jax.classification import example2
-from dassemble_jax.classification import table_report
+from dassemble_jax.classification import example2, table_report
 from dassemble_jax.jobs import tables
 from tests.fake_cifar import write_cifar_pickles
 from tests.fake_mnist import write_fake_mnist
@@ -52,7 +51,7 @@ def test_example2_analysis_by_hand():
 
 
 class _Cfg:
-  class data:  # noqa: N801  (a stand-in for ConfigDict attribute access)
+  class data:
     seed = 0
 
   def copy_and_resolve_references(self):
@@ -67,8 +66,9 @@ def test_similarity_of_class_means(tmp_path):
   assert sorted(sim) == [str(d) for d in range(10) if d != 8]
   assert all(-1.0 <= v <= 1.0 for v in sim.values())
   # Independent check: SciPy's cosine distance on the centred class means, in float64.
-  from dassemble_jax.classification import multirun
   import scipy.spatial.distance
+
+  from dassemble_jax.classification import multirun
   tr = multirun.load_splits(c)["train"]
   x = tr["image"].reshape(len(tr["label"]), -1).astype(np.float64)
   x -= x.mean(0)
@@ -87,7 +87,7 @@ def test_cifar_tiny_table_from_real_pickle_format(tmp_path):
                            data_path=str(root), verbose=False)
   finally:
     cifar.load_cifar10_pickles.__defaults__ = (orig,)
-  assert out["summary"]["D0"].keys() == set(("bird", "cat", "deer", "dog", "frog", "horse"))
+  assert out["summary"]["D0"].keys() == {"bird", "cat", "deer", "dog", "frog", "horse"}
   assert set(out["summary"]["D0+D1"]) == set(cifar.CIFAR10_CLASSES)
   assert (tmp_path / "w" / "cifar.png").stat().st_size > 0
 

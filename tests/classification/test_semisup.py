@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 
 from configs import mnist_overlap
-from dassemble_jax.classification import multirun
-from dassemble_jax.classification import semisup
+from dassemble_jax.classification import multirun, semisup
 from dassemble_jax.jobs import classify
 from tests.fake_mnist import write_fake_mnist
 

@@ -14,8 +14,7 @@ import numpy as np
 import pytest
 
 from dassemble_jax import sharding
-from dassemble_jax.classification import experiments
-from dassemble_jax.classification import trainer
+from dassemble_jax.classification import experiments, trainer
 from dassemble_jax.jobs import classify
 from tests.fake_mnist import write_fake_mnist
 

@@ -40,7 +40,8 @@ class Progress:
     self._prefix = prefix
     self._enabled = jax.process_index() == 0
     interactive = self._enabled and getattr(self._stream, "isatty", lambda: False)()
-    rate = "{rate_inv_fmt}" if inverse_rate else "{rate_fmt}"
+    # tqdm's {rate_fmt} flips to seconds per unit below one unit per second; pick one form.
+    rate = "{rate_inv_fmt}" if inverse_rate else "{rate_noinv_fmt}"
     # smoothing=0: the average rate since the start (steady-state steps after a compile).
     self._bar = tqdm.tqdm(
         total=total, initial=initial, unit=unit if inverse_rate else " " + unit,

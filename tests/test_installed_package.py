@@ -10,6 +10,7 @@ install of the repository stays invisible); only `dassemble_jax` comes from the 
 """
 
 import pathlib
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -38,9 +39,17 @@ print(f"imported {len(names)} modules from {where.parent}")
 def installed(tmp_path_factory):
   """(python of a fresh venv holding only the wheel, a working folder outside the repo)."""
   tmp = tmp_path_factory.mktemp("installed")
+  # Built from a clean copy of what the wheel is made of: an in-tree build would leave build/
+  # in the checkout, and setuptools' build/lib keeps modules deleted since the last build.
+  src = tmp / "src"
+  src.mkdir()
+  for name in ("pyproject.toml", "README.md"):
+    shutil.copy(REPO / name, src / name)
+  shutil.copytree(REPO / "dassemble_jax", src / "dassemble_jax",
+                  ignore=shutil.ignore_patterns("__pycache__"))
   dist = tmp / "dist"
   subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(dist),
-                  str(REPO)], check=True, capture_output=True, text=True, timeout=600)
+                  str(src)], check=True, capture_output=True, text=True, timeout=600)
   wheel, = dist.glob("dassemble_jax-*.whl")
   with zipfile.ZipFile(wheel) as z:
     names = z.namelist()

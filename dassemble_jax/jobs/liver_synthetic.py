@@ -106,7 +106,7 @@ def train_and_report(config, workdir: str, name: str) -> dict:
   return report
 
 
-def format_table(reports: dict, bins) -> str:
+def format_table(by_model: dict, bins) -> str:
   names = [evaluate.bin_name(lo, hi) for lo, hi in itertools.pairwise(bins)]
   cell = lambda v: "    -" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.3f}"
   head = (f"{'model':<10} {'liver DSC':>9} {'tumor DSC':>9} " +
@@ -114,7 +114,7 @@ def format_table(reports: dict, bins) -> str:
           f" {'scan sens':>9} {'tumor PPV':>9} {'healthy spec':>12}")
   lines = ["[liver tumors on held-out real-tumor scans: synthetic-only vs real-tumor training]",
            head]
-  for model, r in reports.items():
+  for model, r in by_model.items():
     bins_txt = []
     for n in names:
       b = r["by_radius"].get(n, {"n": 0, "detected": 0, "sensitivity": math.nan})
@@ -126,7 +126,7 @@ def format_table(reports: dict, bins) -> str:
                  f"{cell(r['tumor_precision']):>9} {cell(spec):>12}")
   lines.append("lesion DSC by radius: " + "; ".join(
       f"{m} " + ", ".join(f"{n} {cell(r['by_radius'].get(n, {}).get('dsc', math.nan))}"
-                          for n in names) for m, r in reports.items()))
+                          for n in names) for m, r in by_model.items()))
   return "\n".join(lines)
 
 
@@ -142,15 +142,15 @@ def run(config, workdir: str) -> dict:
     # inserted, but the model runs the synthetic model's compiled step (one compile, not two).
     models["real"] = {"data.shard_dirs": tuple(data["real"]), "synth.enabled": True,
                       "synth.sources": (), "synth.none_eligible_ok": True}
-  reports = {}
+  by_model = {}
   for name, fields in models.items():
     cfg = assembly_data.with_fields(config, **fields, **{
         "data.test_dirs": tuple(data["test"]), "data.val_dirs": tuple(data["val"]),
         "data.healthy_test_dirs": tuple(data["healthy_test"])})
-    reports[name] = train_and_report(cfg, workdir, name)
-  text = format_table(reports, radius_bins(config))
+    by_model[name] = train_and_report(cfg, workdir, name)
+  text = format_table(by_model, radius_bins(config))
   seconds = time.perf_counter() - t0
-  summary = {"models": reports, "test_dirs": data["test"], "seconds": seconds,
+  summary = {"models": by_model, "test_dirs": data["test"], "seconds": seconds,
              "radius_bins_mm": [b for b in radius_bins(config) if math.isfinite(b)]}
   if jax.process_index() == 0:
     print("\n" + text + f"\njob done in {seconds:.0f} s; results in {workdir}", flush=True)

@@ -25,13 +25,9 @@ from absl import flags
 
 flags.FLAGS.mark_as_parsed()  # Grain's worker processes read absl flags.
 
-import jax
+import jax  # noqa: E402
 
-from dassemble_jax.ct import (
-  crop_pipeline,
-  phantom,
-  volume_augment,
-)
+from dassemble_jax.ct import crop_pipeline, phantom, volume_augment  # noqa: E402
 
 
 def _host_rate(dirs, crop, batch, workers, batches):

@@ -31,7 +31,7 @@ from dassemble_jax import sharding
 from dassemble_jax.ct import bitmask
 from dassemble_jax.segmentation import fused_heads
 from dassemble_jax.segmentation import seg_losses
-from dassemble_jax.segmentation import train_loop as seg_train
+from dassemble_jax.segmentation import train_step  # noqa: E402
 
 
 def _median_time(fn, *args, steps: int) -> float:
@@ -55,7 +55,7 @@ def main():
   b, n = a.batch, a.crop
   embed = max(a.embed_dim, 1)  # 0: one-hot codes (the table is then ignored)
   table = jnp.asarray(rng.normal(size=(32, embed)).astype(np.float32))
-  model = seg_train.build_model(c, embed, rngs=nnx.Rngs(0))
+  model = train_step.build_model(c, embed, rngs=nnx.Rngs(0))
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
   x = jnp.asarray(rng.random((b, n, n, n, 1), np.float32)).astype(dtype)
   raw_bits = jnp.asarray(rng.integers(0, 2**20, (b, n, n, n), dtype=np.uint32))
@@ -82,7 +82,7 @@ def main():
     g = jax.jit(jax.value_and_grad(f))
     out[f"{name}_ms"] = _median_time(g, params, rest, x, steps=a.steps) * 1e3
     print(f"{name}: {out[f'{name}_ms']:.1f} ms", file=sys.stderr, flush=True)
-  comp = seg_train.compiled_for(c, embed)
+  comp = train_step.compiled_for(c, embed)
   state = comp.init_state()
   mesh = comp.mesh
   batch = sharding.put_batch(_host_batch(c, rng), mesh, b)

@@ -37,11 +37,11 @@ import numpy as np  # noqa: E402
 from configs import universal  # noqa: E402
 from dassemble_jax import sharding  # noqa: E402
 from dassemble_jax.ct import bitmask, phantom, taxonomy  # noqa: E402
-from dassemble_jax.segmentation import evaluate  # noqa: E402
+from dassemble_jax.segmentation import trained_run  # noqa: E402
 from dassemble_jax.segmentation import postprocess as pp  # noqa: E402
-from dassemble_jax.segmentation import inference as seg_predict
+from dassemble_jax.segmentation import inference as seg_predict  # noqa: E402
 from dassemble_jax.segmentation import sliding_window as sw  # noqa: E402
-from dassemble_jax.segmentation import train_loop as seg_train
+from dassemble_jax.segmentation import train_step  # noqa: E402
 
 
 def _config(a):
@@ -89,8 +89,8 @@ def phantom_masks(shape, seed: int = 0) -> np.ndarray:
 def time_volume(a, c, comp, state, table, rng) -> dict:
   """Whole-volume prediction, stage by stage (each after a compiling/warm-up call)."""
   shape = tuple(int(s) for s in a.volume.split(","))
-  apply_fn = evaluate.apply_fn_for(comp.eval_def, str(jnp.dtype(c.compute_dtype)))
-  variables = evaluate.host_variables(state, np.asarray(table))
+  apply_fn = trained_run.apply_fn_for(comp.eval_def, str(jnp.dtype(c.compute_dtype)))
+  variables = trained_run.host_variables(state, np.asarray(table))
   vol = rng.random(shape, np.float32)
   kw = dict(params=variables, window=(a.crop,) * 3, overlap=0.5, sw_batch_size=a.sw_batch)
   out = {"volume": shape}
@@ -214,7 +214,7 @@ def run(a) -> dict:
   mesh = sharding.make_mesh()
   table = sharding.put_replicated(rng.normal(size=(32, embed)).astype(np.float32), mesh)
   t0 = time.perf_counter()
-  comp = seg_train.compiled_for(c, embed)
+  comp = train_step.compiled_for(c, embed)
   state = comp.init_state()
   jax.block_until_ready(state)
   init_s = time.perf_counter() - t0

@@ -57,15 +57,13 @@ def main(argv) -> int:
   try:
     inputs = inference.find_inputs(flag["input"])
     results = model.predict_paths(flag["input"], flag["output"], per_class=flag["per_class"])
-    for i, path in enumerate(inputs, start=1):
-      # One line per scan: '[i/N] <scan> i/N (%) | s/scan | ETA ..., <stage> <seconds>'. A bar
-      # per scan, started before it: the rate is this scan's (the first one includes the
-      # compilation; the ETA then settles on the steady pace).
-      bar = progress.Progress(len(inputs), initial=i - 1, unit="scan", inverse_rate=True,
-                              prefix=f"[{i}/{len(inputs)}] {path}")
-      result = next(results)
-      bar.report(i, **{k: f"{v:.2f} s" for k, v in result.timings.items()})
-      bar.close()
+    # One line per scan: '[i/N] <scan> i/N (%) | s/scan | ETA ..., <stage> <seconds>'; the
+    # first scan's time includes the compilation, so the ETA settles after it.
+    bar = progress.Progress(len(inputs), unit="scan", inverse_rate=True)
+    for i, (path, result) in enumerate(zip(inputs, results), start=1):
+      bar.report(i, prefix=f"[{i}/{len(inputs)}] {path}",
+                 **{k: f"{v:.2f} s" for k, v in result.timings.items()})
+    bar.close()
   except CaseError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2

@@ -51,10 +51,14 @@ class Progress:
         + " | ETA {remaining}{postfix}")
     self._interactive = interactive
 
-  def report(self, done: int, **fields) -> None:
-    """Marks `done` units finished (absolute, not an increment) and shows `fields` beside."""
+  def report(self, done: int, *, prefix: str | None = None, **fields) -> None:
+    """Marks `done` units finished (absolute, not an increment) and shows `fields` beside.
+
+    `prefix` replaces the constructor's from here on (e.g. the name of the file just done).
+    """
     if not self._enabled:
       return
+    self._prefix = self._prefix if prefix is None else prefix
     if self._prefix:
       self._bar.set_description_str(self._prefix + " ", refresh=False)
     parts = []

@@ -40,10 +40,7 @@ from array_record.python import array_record_module
 
 from dassemble_jax.data import records
 
-try:  # The shared error base class may not exist yet in every checkout.
-  from dassemble_jax.data.errors import DataFormatError as _ErrorBase
-except ImportError:  # pragma: no cover - depends on the checkout state.
-  _ErrorBase = ValueError
+from dassemble_jax.data.errors import DataFormatError
 
 FORMAT = "dassemble_jax.arrayrecord/1"
 MANIFEST_NAME = "manifest.json"
@@ -57,11 +54,11 @@ _SPLIT_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 _HASH_CHUNK = 1 << 20
 
 
-class CorruptShardError(_ErrorBase):
+class CorruptShardError(DataFormatError):
   """A shard is missing, truncated, or its bytes do not match the manifest."""
 
 
-class ManifestError(_ErrorBase):
+class ManifestError(DataFormatError):
   """manifest.json is missing, not JSON, or not a dassemble_jax.arrayrecord manifest."""
 
 

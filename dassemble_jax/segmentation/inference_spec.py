@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from dassemble_jax.ct import taxonomy
-from dassemble_jax.models.universal_head import DEFAULT_HEAD_IMPL
+from dassemble_jax.segmentation import train_step
 
 # A class the model never saw a label of is never predicted: its threshold is above any
 # probability.
@@ -50,7 +50,7 @@ class InferenceSpec:
                trained=tuple(bool(t) for t in trained), postprocess=bool(e.postprocess),
                spacing=float(config.data.spacing),
                nsd_tolerance_mm=float(e.get("nsd_tolerance_mm", 2.0)),
-               head_impl=str(config.model.get("head_impl", DEFAULT_HEAD_IMPL)),
+               head_impl=train_step.head_impl(config),
                dtype=str(config.compute_dtype))
     return dataclasses.replace(spec, **overrides) if overrides else spec
 

@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from dassemble_jax import progress
 from dassemble_jax.classification import assembly, metrics, prepare, trainer
 
 _TRAIN_FIELDS = trainer.TRAIN_FIELDS
@@ -227,6 +228,8 @@ def run_group(runs: Sequence[Run], *, verbose: bool = True) -> list[dict]:
   best_val = np.full(n, -1.0)
   best_epoch = np.zeros(n, int)
   history = []
+  bar = progress.Progress(config.num_epochs, unit="epochs", items_per_unit=n * prog.steps_per_epoch
+                          * config.batch_size, prefix=f"  [{runs[0].setting} x{n}] epoch")
   for ep in range(1, config.num_epochs + 1):
     state, m = prog.epoch(state, data, seeds_arr, jnp.int32(ep))
     val_scores = np.asarray(prog.predict(_params(state), val_images, val_axis))
@@ -243,8 +246,8 @@ def run_group(runs: Sequence[Run], *, verbose: bool = True) -> list[dict]:
     best = select(jnp.asarray(is_best), _params(state), best)
     history.append({"epoch": ep, "loss": m["loss"].tolist(), "val_mean_auc": val_mean.tolist()})
     if verbose:
-      print(f"  [{runs[0].setting} x{n}] epoch {ep}/{config.num_epochs} loss "
-            f"{np.mean(m['loss']):.4f} val AUC {100 * np.mean(val_mean):.2f}", flush=True)
+      bar.report(ep, loss=float(np.mean(m["loss"])), val_auc=float(np.mean(val_mean)))
+  bar.close()
   test_scores = np.asarray(prog.predict(best, test_images, test_axis))
   train_s = time.perf_counter() - t0
   images_trained = n * prog.total_steps * config.batch_size

@@ -68,11 +68,11 @@ def run(config, workdir: str) -> dict:
   for name, dirs in runs.items():
     steps = assembly_steps(config, len(dirs)) if name == "assembly" else int(config.num_steps)
     print(f"\n=== model '{name}': {len(dirs)} source(s), {steps} steps ===", flush=True)
-    # Every model gets all validation folders; train.py keeps the cases of its own sources.
-    cfg = assembly_data.with_fields(config, **{"num_steps": steps,
-                                 "data.shard_dirs": tuple(str(d) for d in dirs),
-                                 "data.test_dirs": tuple(str(d) for d in test_dirs),
-                                 "data.val_dirs": tuple(str(d) for d in val_dirs)})
+    # Every model gets all validation folders; train_loop.py keeps the cases of its own sources.
+    cfg = assembly_data.with_fields(config, **{
+        "num_steps": steps, "data.shard_dirs": tuple(str(d) for d in dirs),
+        "data.test_dirs": tuple(str(d) for d in test_dirs),
+        "data.val_dirs": tuple(str(d) for d in val_dirs)})
     out = train_loop.train_and_evaluate(cfg, os.path.join(workdir, "runs", name))
     masks[name] = out.pop("masks", {})
     results[name] = out

@@ -1,1 +1,16 @@
-"""3D segmentation: partial-label loss, sliding-window prediction, post-processing, metrics, I/O."""
+"""The Universal Model library: what the segmentation jobs (dassemble_jax/jobs/) are built from.
+
+  train_step      a config's model, optimiser, jitted init and train step (compiled once)
+  train_loop      training with checkpoints, validation and resume; then the held-out evaluation
+  trained_run     what a run folder holds, restoring it, its apply function and trained classes
+  inference_spec  a config's sliding-window and threshold settings, resolved once
+  inference       scan -> model grid -> sliding window -> thresholds -> scan grid, NIfTI out
+  sliding_window  Gaussian-weighted sliding-window prediction on the device
+  postprocess     the anchor's post-processing, label maps from class masks
+  fused_heads     a Pallas kernel of the dynamic heads + loss (head_impl='fused')
+  seg_losses      masked BCE + Dice over the annotated (sample, class) pairs
+  seg_metrics     DSC, NSD, detection; aggregation by source
+  evaluate        held-out cases, their evaluation, the validator used during training
+  reports         tables, eval.json, comparisons, overlay PNGs
+  assembly_data   the embedded phantom's sources, converted once into a workdir
+"""

@@ -5,12 +5,9 @@ otherwise), then runs the job the config names. Tests and notebooks call the job
 directly, never this module.
 """
 
-from absl import app
-from absl import logging
-from absl import flags
-from ml_collections import config_flags
-
 import jax
+from absl import app, flags, logging
+from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
                                           lock_config=True)

@@ -39,7 +39,6 @@ import numpy as np
 from array_record.python import array_record_module
 
 from dassemble_jax.data import records
-
 from dassemble_jax.data.errors import DataFormatError
 
 FORMAT = "dassemble_jax.arrayrecord/1"

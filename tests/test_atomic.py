@@ -21,10 +21,9 @@ def test_write_json_and_text_appear_whole_with_nothing_left_beside(tmp_path):
 def test_a_failing_write_leaves_the_old_file_and_no_temporary(tmp_path):
   path = tmp_path / "table.md"
   path.write_text("old")
-  with pytest.raises(RuntimeError, match="disk full"):
-    with atomic.open_for_write(path) as f:
-      f.write("half of the new")
-      raise RuntimeError("disk full")
+  with pytest.raises(RuntimeError, match="disk full"), atomic.open_for_write(path) as f:
+    f.write("half of the new")
+    raise RuntimeError("disk full")
   assert path.read_text() == "old"
   assert [p.name for p in tmp_path.iterdir()] == ["table.md"]
   with pytest.raises(TypeError):  # not JSON-serialisable: nothing written under the name

@@ -229,9 +229,7 @@ def main(argv=None) -> int:
   p.add_argument("--values", help="comma-separated values for a single --property")
   p.add_argument("--cases", type=int, default=4, help="cases per value")
   p.add_argument("--seed", type=int, default=0)
-  p.add_argument("--ct", help="CT NIfTI (default: the totalsegmentator sdist example)")
-  p.add_argument("--seg", help="segmentation NIfTI matching --ct")
-  p.add_argument("--liver-label", type=int, nargs="+", default=[5])
+  realct.add_volume_arguments(p)
   p.add_argument("--set", action="append", default=[],
                  help="an existing sweep folder (index.json) instead of generating one")
   p.add_argument("--checkpoint", choices=("best", "latest"), default="best")
@@ -239,8 +237,7 @@ def main(argv=None) -> int:
   props = [q for item in (args.property or ["size"]) for q in item.split(",") if q]
   if args.values and len(props) > 1:
     p.error("--values needs exactly one --property")
-  if (args.ct is None) != (args.seg is None):
-    p.error("give both --ct and --seg, or neither")
+  realct.check_volume_arguments(p, args)
   try:
     vol = None
     if args.ct and not args.set:

@@ -86,8 +86,7 @@ def run(out: pathlib.Path, ct: str | None, seg: str | None, liver_labels, seed: 
   cfg = SynthConfig()
   if (ct is None) != (seg is None):
     raise SystemExit('error: give both --ct and --seg, or neither')
-  vol = (realct.load_files(ct, seg, liver_labels, cfg.min_liver_voxels) if ct
-         else realct.load_totalseg_example(cfg.min_liver_voxels))
+  vol = realct.load_volume(ct, seg, liver_labels, cfg.min_liver_voxels)
   cfg = dataclasses.replace(cfg, cc_axis=vol.cc_axis, cranial_is_high=vol.cranial_is_high)
   if kind:
     cfg = dataclasses.replace(cfg, kind_choices=(kind,))
@@ -121,22 +120,20 @@ def run(out: pathlib.Path, ct: str | None, seg: str | None, liver_labels, seed: 
 
 
 def main(argv=None) -> int:
+  from dassemble_jax.synth import realct  # pylint: disable=g-import-not-at-top
   p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
   p.add_argument('--out', required=True, type=pathlib.Path, help='output folder')
-  p.add_argument('--ct', help='CT NIfTI (default: the totalsegmentator sdist example)')
-  p.add_argument('--seg', help='segmentation NIfTI matching --ct')
-  p.add_argument('--liver-label', type=int, nargs='+', default=[5],
-                 help='label(s) of the liver in --seg (TotalSegmentator: 5)')
+  realct.add_volume_arguments(p)
   p.add_argument('--seed', type=int, default=0)
   p.add_argument('--kind', choices=['tiny', 'small', 'medium', 'large', 'mix'],
                  help='only this tumor kind (default: drawn uniformly)')
   p.add_argument('--max-pngs', type=int, default=12)
   args = p.parse_args(argv)
-  from dassemble_jax.synth.realct import LiverMaskError  # pylint: disable=g-import-not-at-top
+  realct.check_volume_arguments(p, args)
   try:
     summary = run(args.out, args.ct, args.seg, args.liver_label, args.seed, args.kind,
                   args.max_pngs)
-  except (LiverMaskError, FileNotFoundError) as e:
+  except (realct.LiverMaskError, FileNotFoundError) as e:
     print(f'error: {e}', file=sys.stderr)
     return 2
   print(f"{summary['n_tumors']} {summary['kind']} tumor(s), {summary['tumor_voxels']} voxels, "

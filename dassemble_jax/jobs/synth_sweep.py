@@ -140,17 +140,13 @@ def main(argv=None) -> int:
   p.add_argument('--values', help='comma-separated values (default: a preset per property)')
   p.add_argument('--cases', type=int, default=4, help='cases per value')
   p.add_argument('--seed', type=int, default=0)
-  p.add_argument('--ct', help='CT NIfTI (default: the totalsegmentator sdist example)')
-  p.add_argument('--seg', help='segmentation NIfTI matching --ct')
-  p.add_argument('--liver-label', type=int, nargs='+', default=[5])
-  args = p.parse_args(argv)
   from dassemble_jax.synth import realct  # pylint: disable=g-import-not-at-top
-  if (args.ct is None) != (args.seg is None):
-    p.error('give both --ct and --seg, or neither')
+  realct.add_volume_arguments(p)
+  args = p.parse_args(argv)
+  realct.check_volume_arguments(p, args)
   try:
     values = parse_values(args.property, args.values)
-    vol = (realct.load_files(args.ct, args.seg, args.liver_label) if args.ct
-           else realct.load_totalseg_example())
+    vol = realct.load_volume(args.ct, args.seg, args.liver_label)
     index = run(args.out, args.property, values, args.cases, args.seed, vol)
   except (realct.LiverMaskError, FileNotFoundError, ValueError) as e:
     print(f'error: {e}', file=sys.stderr)

@@ -103,6 +103,28 @@ def load_files(ct_path: str, seg_path: str, liver_labels, min_voxels: int = 64) 
   return make_volume(nib.load(ct_path), nib.load(seg_path), liver_labels, seg_path, min_voxels)
 
 
+def load_volume(ct_path: str | None, seg_path: str | None, liver_labels,
+                min_voxels: int = 64) -> Volume:
+  """The given CT and segmentation files, or, with neither given, the totalsegmentator example."""
+  if ct_path:
+    return load_files(ct_path, seg_path, liver_labels, min_voxels)
+  return load_totalseg_example(min_voxels)
+
+
+def add_volume_arguments(parser) -> None:
+  """--ct, --seg, --liver-label: the CT the synthetic-tumor commands work on (`load_volume`)."""
+  parser.add_argument('--ct', help='CT NIfTI (default: the totalsegmentator sdist example)')
+  parser.add_argument('--seg', help='segmentation NIfTI matching --ct')
+  parser.add_argument('--liver-label', type=int, nargs='+', default=[5],
+                      help='label(s) of the liver in --seg (TotalSegmentator: 5)')
+
+
+def check_volume_arguments(parser, args) -> None:
+  """Exits with a usage error when only one of --ct and --seg is given."""
+  if (args.ct is None) != (args.seg is None):
+    parser.error('give both --ct and --seg, or neither')
+
+
 def save_nifti(array: np.ndarray, affine: np.ndarray, path: pathlib.Path, header=None) -> None:
   """Writes a NIfTI atomically (`atomic.temporary_path`), keeping the input's xyzt units."""
   img = nib.Nifti1Image(array, affine)

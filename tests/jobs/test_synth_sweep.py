@@ -47,3 +47,17 @@ def test_sweep_writes_cases_and_index(tmp_path):
   assert synth_sweep.main(['--out', str(out), '--property', 'location', '--values', 'nowhere',
                      '--ct', str(tmp_path / 'ct.nii.gz'),
                      '--seg', str(tmp_path / 'seg.nii.gz')]) == 2
+
+
+@pytest.mark.parametrize("command", ["synth_sweep", "synth_overlay", "robustness"])
+def test_ct_without_seg_is_a_usage_error(tmp_path, capsys, command):
+  """Every synthetic-tumor command refuses --ct without --seg before loading anything."""
+  import importlib
+  main = importlib.import_module(f"dassemble_jax.jobs.{command}").main
+  args = ["--out", str(tmp_path / "out"), "--ct", str(tmp_path / "ct.nii.gz")]
+  args += {"synth_sweep": ["--property", "size"], "robustness": ["--workdir", str(tmp_path)],
+           "synth_overlay": []}[command]
+  with pytest.raises(SystemExit) as e:
+    main(args)
+  assert e.value.code == 2 and "give both --ct and --seg" in capsys.readouterr().err
+  assert not (tmp_path / "out").exists()

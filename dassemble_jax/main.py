@@ -48,6 +48,9 @@ def main(argv):
   elif job == "liver_synthetic":
     from dassemble_jax.jobs import liver_synthetic
     liver_synthetic.run(config, _WORKDIR.value)
+  elif job == "complete":
+    from dassemble_jax.jobs import complete
+    complete.run(config, _WORKDIR.value)
   else:
     raise app.UsageError(f"unknown job {job!r} in the config")
 

@@ -7,9 +7,12 @@ Layout (base_channels b = 32 in the anchor; 19.07M parameters with one input cha
     feature of depth d, two LUConvs to b*2^(d+1) channels  ->  256, 128, 64.
 Returns (deepest feature (B, D/8, H/8, W/8, 16b), decoder feature (B, D, H, W, 2b)).
 
-Normalisation: BatchNorm, as the anchor (its `ContBatchNorm3d`, momentum 0.1, eps 1e-5). One
-difference: the anchor's ContBatchNorm3d *always* uses batch statistics, even in eval mode; here
-`model.eval()` switches to running averages as ordinary BatchNorm does. Pass
+Normalisation: BatchNorm, as the anchor (its `ContBatchNorm3d`, momentum 0.1, eps 1e-5). The
+anchor's ContBatchNorm3d *always* uses batch statistics, even in eval mode, and its inference
+feeds one window at a time, so each window is normalised by its own statistics. By default
+`model.eval()` switches to running averages as ordinary BatchNorm does; `eval_batch_stats=True`
+reproduces the anchor (imported checkpoints: its running averages were never used): in eval mode
+every sample is normalised by its own mean and (biased) variance, whatever the batch size. Pass
 `norm='group'` for GroupNorm (8 groups), which is independent of the batch size (useful for
 batch 1-2 per device). Upsampling is `Upsample2x` (a matmul, not a transposed convolution; see
 `upsample.py`) with exactly the parameters of the anchor's ConvTranspose3d(k=2, s=2).
@@ -28,7 +31,8 @@ class LUConv(nnx.Module):
   """conv3x3x3 (with bias) -> norm -> ReLU."""
 
   def __init__(self, in_ch: int, out_ch: int, *, norm: str = "batch", dtype=None,
-               rngs: nnx.Rngs):
+               eval_batch_stats: bool = False, rngs: nnx.Rngs):
+    self.eval_batch_stats = eval_batch_stats and norm == "batch"
     self.conv = nnx.Conv(in_ch, out_ch, kernel_size=(3, 3, 3), padding="SAME", dtype=dtype,
                          kernel_init=flat_kernel_init(), rngs=rngs)
     if norm == "batch":
@@ -41,17 +45,32 @@ class LUConv(nnx.Module):
       raise ValueError(f"norm must be 'batch' or 'group', got {norm!r}")
 
   def __call__(self, x):
-    return jax.nn.relu(self.norm(self.conv(x)))
+    y = self.conv(x)
+    if self.eval_batch_stats and self.norm.use_running_average:
+      return jax.nn.relu(per_sample_batch_norm(y, self.norm))
+    return jax.nn.relu(self.norm(y))
+
+
+def per_sample_batch_norm(x: jax.Array, norm: nnx.BatchNorm) -> jax.Array:
+  """What torch's batch_norm(training=True) computes on each sample alone: (B, D, H, W, C)
+  normalised over (D, H, W) per sample and channel (biased variance), then scale and bias."""
+  x32 = x.astype(jnp.float32)
+  mean = x32.mean(axis=(1, 2, 3), keepdims=True)
+  var = jnp.square(x32 - mean).mean(axis=(1, 2, 3), keepdims=True)
+  y = (x32 - mean) * jax.lax.rsqrt(var + norm.epsilon)
+  y = y * norm.scale[...].astype(jnp.float32) + norm.bias[...].astype(jnp.float32)
+  return y.astype(x.dtype)
 
 
 class DownTransition(nnx.Module):
   """Two LUConvs: in -> b*2^d -> b*2^(d+1); max pool after unless it is the deepest level."""
 
   def __init__(self, in_ch: int, depth: int, base: int, *, pool: bool, norm: str, dtype,
-               rngs: nnx.Rngs):
+               eval_batch_stats: bool = False, rngs: nnx.Rngs):
     mid, out = base * 2**depth, base * 2**(depth + 1)
-    self.conv1 = LUConv(in_ch, mid, norm=norm, dtype=dtype, rngs=rngs)
-    self.conv2 = LUConv(mid, out, norm=norm, dtype=dtype, rngs=rngs)
+    kw = dict(norm=norm, dtype=dtype, eval_batch_stats=eval_batch_stats, rngs=rngs)
+    self.conv1 = LUConv(in_ch, mid, **kw)
+    self.conv2 = LUConv(mid, out, **kw)
     self.pool = pool
     self.out_channels = out
 
@@ -65,11 +84,12 @@ class UpTransition(nnx.Module):
   """2x upsample (in -> in channels), concat skip, two LUConvs to b*2^(d+1) channels."""
 
   def __init__(self, in_ch: int, skip_ch: int, depth: int, base: int, *, norm: str, dtype,
-               rngs: nnx.Rngs):
+               eval_batch_stats: bool = False, rngs: nnx.Rngs):
     out = base * 2**(depth + 1)
+    kw = dict(norm=norm, dtype=dtype, eval_batch_stats=eval_batch_stats, rngs=rngs)
     self.up = Upsample2x(in_ch, in_ch, dtype=dtype, rngs=rngs)
-    self.conv1 = LUConv(in_ch + skip_ch, out, norm=norm, dtype=dtype, rngs=rngs)
-    self.conv2 = LUConv(out, out, norm=norm, dtype=dtype, rngs=rngs)
+    self.conv1 = LUConv(in_ch + skip_ch, out, **kw)
+    self.conv2 = LUConv(out, out, **kw)
     self.out_channels = out
 
   def __call__(self, x, skip):
@@ -86,9 +106,9 @@ class UNet3D(nnx.Module):
   """
 
   def __init__(self, in_channels: int = 1, *, base_channels: int = 32, norm: str = "batch",
-               dtype=None, rngs: nnx.Rngs):
+               eval_batch_stats: bool = False, dtype=None, rngs: nnx.Rngs):
     b = base_channels
-    kw = dict(norm=norm, dtype=dtype, rngs=rngs)
+    kw = dict(norm=norm, dtype=dtype, eval_batch_stats=eval_batch_stats, rngs=rngs)
     self.down0 = DownTransition(in_channels, 0, b, pool=True, **kw)   # -> 2b
     self.down1 = DownTransition(2 * b, 1, b, pool=True, **kw)         # -> 4b
     self.down2 = DownTransition(4 * b, 2, b, pool=True, **kw)         # -> 8b

@@ -36,7 +36,9 @@ def head_impl(config) -> str:
 def build_model(config, embed_dim: int, *, rngs: nnx.Rngs) -> UniversalModel:
   m = config.model
   if m.backbone == "unet":
-    kwargs = {"base_channels": int(m.base_channels), "norm": m.norm}
+    # eval_batch_stats: the anchor's BatchNorm at inference (imported U-Nets; unet3d.py).
+    kwargs = {"base_channels": int(m.base_channels), "norm": m.norm,
+              "eval_batch_stats": bool(m.get("eval_batch_stats", False))}
   else:
     kwargs = {"feature_size": int(m.feature_size)}
   return UniversalModel(m.backbone, NUM_CLASSES,

@@ -27,7 +27,7 @@ from flax import nnx
 
 from dassemble_jax import optimizer, sharding
 from dassemble_jax.classification import augment, losses, semisup
-from dassemble_jax.models import airbench, classifier
+from dassemble_jax.models import airbench, classifier, densenet
 
 State = dict[str, Any]  # {'step', 'params', 'batch_stats', 'opt_state'[, 'teacher']}
 TRAIN_FIELDS = ("image", "targets", "known")
@@ -46,8 +46,13 @@ def build_model(config, num_classes: int, in_channels: int, *, rngs: nnx.Rngs):
       raise ValueError(f"model.arch='airbench' uses its own BatchNorm; got model.norm={m.norm!r}")
     return airbench.AirbenchClassifier(num_classes, in_channels=in_channels,
                                        widths=tuple(m.widths), dtype=dtype, rngs=rngs)
+  if arch == "densenet":  # DenseNet-121 by default (chest X-rays); smaller via the fields
+    return densenet.DenseNet(num_classes, in_channels=in_channels, growth_rate=m.growth_rate,
+                             block_config=tuple(m.block_config),
+                             num_init_features=m.num_init_features, bn_size=m.bn_size,
+                             norm=m.norm, dtype=dtype, rngs=rngs)
   if arch != "resnet":
-    raise ValueError(f"unknown model.arch {arch!r}; expected 'resnet' or 'airbench'")
+    raise ValueError(f"unknown model.arch {arch!r}; expected 'resnet', 'airbench' or 'densenet'")
   return classifier.ResNetClassifier(num_classes, in_channels=in_channels, widths=tuple(m.widths),
                                      blocks_per_stage=m.blocks_per_stage, norm=m.norm, dtype=dtype,
                                      rngs=rngs)

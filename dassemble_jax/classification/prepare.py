@@ -22,7 +22,8 @@ from dassemble_jax.data import arrayrecord_io
 def _data_fingerprint(config) -> str:
   """Hash of the settings the shards depend on (not training hyper-parameters)."""
   d = config.data.to_dict()
-  keys = {k: d[k] for k in sorted(d) if k not in ("num_shards",)}
+  # Shard counts and decoding threads change how the data is written, not what it is.
+  keys = {k: d[k] for k in sorted(d) if k not in ("num_shards", "workers")}
   return hashlib.sha256(json.dumps(keys, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -50,6 +51,10 @@ def prepare(config, workdir: str) -> str:
             f"{out} was converted from other data settings (fingerprint "
             f"{manifest.get('fingerprint')} != {fingerprint}); use a fresh --workdir")
       arrayrecord_io.verify_shards(out)
+    elif config.data.dataset == "chestxray":
+      # Multi-label sources with their own files and splits: chestxray/convert.py assembles them.
+      from dassemble_jax.chestxray import convert as chestxray_convert
+      chestxray_convert.convert(config.data, out, fingerprint=fingerprint)
     else:
       _convert(config, out, fingerprint)
   if jax.process_count() > 1:

@@ -11,7 +11,8 @@ Each source of the data config is one dataset annotating some shared classes
 optionally subsample, map its labels onto the config's label space (targets + known mask under
 the uncertainty policy; classes it does not annotate are unknown), check that every image it
 will use exists, then decode and resize them (a thread pool: Pillow releases the GIL) into
-records {image uint8 (S, S, 1), targets (C,), known (C,), source int32, row int32}.
+records {image uint8 (S, S, 1), targets (C,), known (C,), source int32, row int32 (the image's
+data row in its label file: CheXpert's test split is valid.csv, COVIDx's test.txt)}.
 The manifest holds the label space, the synonym table used, and per source and split: images,
 patients, positives / negatives / unknown per class, and CheXpert's uncertain counts. Any bad input
 (missing column, unknown class name, label outside {1, 0, -1, blank}, image missing or
@@ -140,6 +141,7 @@ def _filtered(loaded: Loaded, view: str) -> Loaded:
 @dataclasses.dataclass
 class Planned:
   rows: np.ndarray        # indices into the source's table
+  file_rows: np.ndarray   # the data row of each in its label file (1-based; header excluded)
   targets: np.ndarray     # (n, C)
   known: np.ndarray       # (n, C)
   image_paths: list       # pathlib.Path per row
@@ -183,7 +185,7 @@ def plan_source(spec: SourceSpec, data_cfg, label_space_names: Sequence[str],
         raise DataFormatError(f"{table.where(int(r))}: image {shown} not found under {root}")
       paths.append(path)
       where.append(table.where(int(r)))
-    plans[split] = Planned(rows, targets, known, paths, where)
+    plans[split] = Planned(rows, table.rows[rows], targets, known, paths, where)
     entry["splits"][split] = _split_stats(table, rows, raw[rows], spec.classes, t, k)
   return plans, entry
 
@@ -246,7 +248,7 @@ def convert(data_cfg, out_dir: str | pathlib.Path, *, fingerprint: str = "",
                              range(start, stop))
           for i, image in zip(range(start, stop), decoded):
             writer.add(split, {"image": image, "targets": p.targets[i], "known": p.known[i],
-                               "source": np.int32(sid), "row": np.int32(p.rows[i])})
+                               "source": np.int32(sid), "row": np.int32(p.file_rows[i])})
           done += stop - start
           if bar is not None:
             bar.report(done, split=split, source=specs[sid].name)

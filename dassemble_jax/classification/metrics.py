@@ -32,6 +32,16 @@ def per_class_auc(scores: np.ndarray, targets: np.ndarray,
   return out
 
 
+def per_source_auc(scores: np.ndarray, targets: np.ndarray, known: np.ndarray,
+                   source: np.ndarray, num_sources: int) -> np.ndarray:
+  """(num_sources, C): per-class AUC on each source's own examples. A class a source does not
+  annotate (never known there) is NaN: skipped, not scored (a chest X-ray test set holds each
+  dataset's test images with only that dataset's classes known)."""
+  source = np.asarray(source)
+  return np.stack([per_class_auc(scores[source == s], targets[source == s], known[source == s])
+                   for s in range(num_sources)])
+
+
 def format_auc_table(class_names: Sequence[str], columns: dict[str, np.ndarray]) -> str:
   """A markdown table of per-class AUC (in %) with one column per run; NaN shows as '-'."""
   names = list(columns)

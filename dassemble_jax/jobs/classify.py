@@ -126,11 +126,22 @@ def _evaluate_best(ckpts, state, predict_fn, data_dir, mesh, eval_batch, label_s
   test = arrayrecord_io.load_split_arrays(data_dir, "test", verify=False)
   scores = trainer.predict_split(predict_fn, best_state, test["image"], mesh, eval_batch)
   auc = metrics.per_class_auc(scores, test["targets"], test["known"])
-  return {"label_space": list(label_space),
-          "test_auc": {c: float(a) for c, a in zip(label_space, auc)},
-          "mean_test_auc": float(np.nanmean(auc)),
-          "best_epoch": int(meta["best_epoch"]), "best_val_auc": float(meta["best_val_auc"]),
-          "num_test": int(test["image"].shape[0])}
+  results = {"label_space": list(label_space),
+             "test_auc": {c: float(a) for c, a in zip(label_space, auc)},
+             "mean_test_auc": float(np.nanmean(auc)),
+             "best_epoch": int(meta["best_epoch"]), "best_val_auc": float(meta["best_val_auc"]),
+             "num_test": int(test["image"].shape[0])}
+  manifest = arrayrecord_io.read_manifest(data_dir)
+  if manifest.get("dataset") == "chestxray":
+    # Each source's test images carry its own classes only: AUC per source, NaN (skipped) for
+    # the classes it lacks. JSON has no NaN: those classes are left out.
+    names = [s["name"] for s in manifest["sources"]]
+    by_source = metrics.per_source_auc(scores, test["targets"], test["known"], test["source"],
+                                       len(names))
+    results["test_auc_by_source"] = {
+        n: {c: float(a) for c, a in zip(label_space, row) if np.isfinite(a)}
+        for n, row in zip(names, by_source)}
+  return results
 
 
 def _write_results(workdir: str, results: dict) -> None:

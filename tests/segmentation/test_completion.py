@@ -7,8 +7,7 @@ from scipy import stats
 
 from dassemble_jax.ct import bitmask, taxonomy
 from dassemble_jax.data import arrayrecord_io
-from dassemble_jax.jobs import complete as complete_job
-from dassemble_jax.segmentation import completion, phantom_truth
+from dassemble_jax.segmentation import completion, completion_study, phantom_truth
 
 ID = {c.name: c.id for c in taxonomy.CLASSES}
 
@@ -107,7 +106,7 @@ def test_study_tables_statistics():
     heldout = {"round1": {"dsc": {"spleen": 0.5 + 0.1 * s, "liver": 0.8}},
                "round2": {"dsc": {"spleen": 0.6 + 0.1 * s + 0.01 * s * s, "liver": 0.7}}}
     seeds.append({"seed": s, "rows": rows, "heldout": heldout})
-  out = complete_job.study_tables(seeds, 0.5)
+  out = completion_study.study_tables(seeds, 0.5)
   for s, r in zip(seeds, out["confidence_rank"]):
     # Spearman = Pearson of the ranks (no ties among random floats).
     c = np.argsort(np.argsort([x["confidence"] for x in s["rows"]]))

@@ -44,6 +44,7 @@ import time
 import zlib
 from collections.abc import Callable, Sequence
 
+import ml_collections
 import numpy as np
 
 from dassemble_jax import atomic, progress
@@ -242,7 +243,10 @@ def _complete_case(models, record, classes, source, split, case_id, workdir, *, 
   affine = np.asarray(record["affine"], np.float64)
   human = np.asarray(record["annotated"], bool)
   todo = classes & ~human
-  pred = models.predict(image, affine, todo)
+  # Every class the models know is predicted, the source's own too: post-processing keeps a
+  # lesion only inside its (predicted) host organ, which a source may label itself (a BTCV
+  # case's kidney tumor needs the kidneys). Only `todo` classes become pseudo labels.
+  pred = models.predict(image, affine, classes)
   stats_by_class, accepted = {}, np.zeros(taxonomy.NUM_CLASSES, bool)
   for i in np.flatnonzero(todo):
     k = int(i)
@@ -448,11 +452,14 @@ def _class_summary(rows: list[dict]) -> dict:
 # Round 2 on real data.
 
 def _round2_real(config, first_run: str, completed_dirs, workdir: str) -> dict:
+  """Round 2 with the first run's own recipe (its config.json), on the completed shards."""
   c = config.complete
   with open(os.path.join(first_run, trained_run.CONFIG_FILE)) as f:
-    steps = int(c.round2_steps) or int(json.load(f)["num_steps"])
-  cfg = assembly_data.with_fields(config, **{
-      "num_steps": steps, "data.shard_dirs": tuple(completed_dirs), "data.test_dirs": ()})
+    recipe = ml_collections.ConfigDict(json.load(f))
+  steps = int(c.round2_steps) or int(recipe.num_steps)
+  cfg = assembly_data.with_fields(recipe, **{
+      "num_steps": steps, "data.shard_dirs": tuple(completed_dirs), "data.test_dirs": (),
+      "init_from": ""})
   round2 = os.path.join(workdir, "runs", "round2")
   train_loop.train_and_evaluate(cfg, round2)
   tests = list(config.data.test_dirs)

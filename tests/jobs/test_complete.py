@@ -181,3 +181,19 @@ def test_bad_inputs_are_one_line_errors(study, tmp_path):
   lines = [line for line in out.stderr.splitlines() if line.strip()]
   assert lines[-1].startswith(f"error: {empty}/config.json: missing")
   assert "Traceback" not in out.stderr
+
+
+def test_named_runs_with_round2(study, tmp_path):
+  """The real-data path: a named run completes its own training shards (the default), then a
+  round-2 model trains on them with the run's own recipe and both are scored on test folders."""
+  config, workdir, _ = study
+  seed = workdir / "seed_0"
+  cfg = assembly_data.with_fields(config, **{
+      "complete.run_dirs": (str(seed / "runs" / "round1"),), "complete.round2": True,
+      "data.test_dirs": (str(seed / "data" / "truth_test" / "phantom_kits"),)})
+  summary = complete.run(cfg, str(tmp_path / "real"))
+  assert summary["cases"] == 4
+  assert sorted(os.listdir(tmp_path / "real" / "completed")) == ["phantom_kits", "phantom_lits"]
+  rounds = json.loads((tmp_path / "real" / "round2.json").read_text())
+  assert set(rounds) == {"round1", "round2"} and "kidney_left" in rounds["round2"]
+  assert (tmp_path / "real" / "runs" / "round2" / "checkpoints").is_dir()

@@ -68,7 +68,7 @@ class DownTransition(nnx.Module):
   def __init__(self, in_ch: int, depth: int, base: int, *, pool: bool, norm: str, dtype,
                eval_batch_stats: bool = False, rngs: nnx.Rngs):
     mid, out = base * 2**depth, base * 2**(depth + 1)
-    kw = dict(norm=norm, dtype=dtype, eval_batch_stats=eval_batch_stats, rngs=rngs)
+    kw = {"norm": norm, "dtype": dtype, "eval_batch_stats": eval_batch_stats, "rngs": rngs}
     self.conv1 = LUConv(in_ch, mid, **kw)
     self.conv2 = LUConv(mid, out, **kw)
     self.pool = pool
@@ -86,7 +86,7 @@ class UpTransition(nnx.Module):
   def __init__(self, in_ch: int, skip_ch: int, depth: int, base: int, *, norm: str, dtype,
                eval_batch_stats: bool = False, rngs: nnx.Rngs):
     out = base * 2**(depth + 1)
-    kw = dict(norm=norm, dtype=dtype, eval_batch_stats=eval_batch_stats, rngs=rngs)
+    kw = {"norm": norm, "dtype": dtype, "eval_batch_stats": eval_batch_stats, "rngs": rngs}
     self.up = Upsample2x(in_ch, in_ch, dtype=dtype, rngs=rngs)
     self.conv1 = LUConv(in_ch + skip_ch, out, **kw)
     self.conv2 = LUConv(out, out, **kw)
@@ -108,7 +108,7 @@ class UNet3D(nnx.Module):
   def __init__(self, in_channels: int = 1, *, base_channels: int = 32, norm: str = "batch",
                eval_batch_stats: bool = False, dtype=None, rngs: nnx.Rngs):
     b = base_channels
-    kw = dict(norm=norm, dtype=dtype, eval_batch_stats=eval_batch_stats, rngs=rngs)
+    kw = {"norm": norm, "dtype": dtype, "eval_batch_stats": eval_batch_stats, "rngs": rngs}
     self.down0 = DownTransition(in_channels, 0, b, pool=True, **kw)   # -> 2b
     self.down1 = DownTransition(2 * b, 1, b, pool=True, **kw)         # -> 4b
     self.down2 = DownTransition(4 * b, 2, b, pool=True, **kw)         # -> 8b

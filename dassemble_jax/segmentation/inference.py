@@ -19,6 +19,13 @@ back to the file's grid is three 1D gathers of the uint8 label map.
 
 The model is any `apply_fn(params, windows) -> logits` on (n, d, h, w, 1) float32 windows in
 [0, 1]; loading a checkpoint into such a function is the caller's (the CLI's) job.
+
+The anchor's conventions (imported checkpoints; `inference_spec.ANCHOR_CONVENTIONS`), each an
+option: `resample_rule='monai'` (MONAI Spacing's grid: round((n - 1) * old / new) + 1 voxels,
+the first on the file's first voxel; ours rounds n * old / new), `crop_foreground` (predict only
+inside the bounding box of voxels above -175 HU, as MONAI's CropForegroundd; zero outside),
+`blend='monai'` (MONAI's windows and weights, `sliding_window.py`) and `average='logits'`
+(windows' logits are averaged, then the sigmoid; ours averages probabilities).
 """
 
 from __future__ import annotations
@@ -129,6 +136,37 @@ def to_model_grid(volume: np.ndarray, affine: np.ndarray, spacing: float | Seque
   return out, Grid(tuple(out.shape), model_affine)
 
 
+def to_model_grid_monai(volume: np.ndarray, affine: np.ndarray, spacing: float | Sequence[float]
+                        ) -> tuple[np.ndarray, Grid]:
+  """`to_model_grid` on MONAI Spacing's grid (what the anchor's checkpoints saw): the same
+  origin and spacing, round((n - 1) * old / new) + 1 voxels per axis (the edge repeats beyond
+  the last input voxel, MONAI's 'border' padding)."""
+  ras, ras_affine = nifti_io.ras_view(np.asarray(volume), affine)
+  spacing = np.broadcast_to(np.asarray(spacing, np.float64), (3,))
+  old = nifti_io.voxel_sizes(ras_affine)
+  scale = spacing / old
+  shape = tuple(round((n - 1) * o / s) + 1 for n, o, s in zip(ras.shape, old, spacing))
+  new_affine = np.array(ras_affine, np.float64)
+  new_affine[:3, :3] = ras_affine[:3, :3] * scale[None, :]
+  image = resample.resample_linear(ras, scale, shape, np.float32)
+  if np.may_share_memory(image, volume):
+    image = image.copy()
+  return preprocess.scale_hu(image, in_place=True), Grid(shape, new_affine)
+
+
+def foreground_box(volume: np.ndarray) -> tuple[slice, slice, slice] | None:
+  """Bounding box of the voxels > 0 (MONAI CropForegroundd's default on the [0, 1] image:
+  HU above -175); None when there are none."""
+  box = []
+  for axis in range(3):
+    other = tuple(a for a in range(3) if a != axis)
+    idx = np.flatnonzero(np.any(volume > 0, axis=other))
+    if idx.size == 0:
+      return None
+    box.append(slice(int(idx[0]), int(idx[-1]) + 1))
+  return tuple(box)
+
+
 def to_original_grid(data: np.ndarray, model: Grid, original: Grid) -> np.ndarray:
   """Nearest-neighbour resampling of (X, Y, Z[, C]) `data` on `model` onto `original` (0 outside).
 
@@ -158,7 +196,8 @@ def predict_volume(apply_fn: Callable[[Any, jax.Array], jax.Array], volume: np.n
                    overlap: float = 0.5, sw_batch_size: int = 4, sigma_scale: float = 0.125,
                    thresholds: float | Sequence[float] = 0.5, affine: np.ndarray | None = None,
                    postprocess: bool = True, accumulate_on: sw.Accumulate = "auto",
-                   packed: bool | None = False, **postprocess_kwargs) -> np.ndarray:
+                   packed: bool | None = False, blend: sw.Blend = "gaussian",
+                   average: str = "probs", **postprocess_kwargs) -> np.ndarray:
   """Sliding-window probabilities -> thresholds -> post-processing: (X, Y, Z, C) bool masks.
 
   Args:
@@ -173,12 +212,20 @@ def predict_volume(apply_fn: Callable[[Any, jax.Array], jax.Array], volume: np.n
     packed: return the masks packed, (X, Y, Z) uint32 with bit k = class k + 1
       (`ct.bitmask.pack`; C <= 32), never unpacking them on the host; None: packed when
       C <= 32.
+    blend: window placement and weights, 'gaussian' (ours) or 'monai' (the anchor's).
+    average: 'probs' averages the windows' sigmoid probabilities (ours); 'logits' averages
+      logits and applies the sigmoid after (MONAI's, the anchor's).
     **postprocess_kwargs: passed on to `postprocess.postprocess`.
   """
+  if average not in ("probs", "logits"):
+    raise ValueError(f"average must be 'probs' or 'logits', got {average!r}")
   probs = sw.sliding_window_inference(apply_fn, volume, params=params, window=window,
                                       overlap=overlap, sw_batch_size=sw_batch_size,
-                                      sigma_scale=sigma_scale, output="probs",
-                                      accumulate_on=accumulate_on)
+                                      sigma_scale=sigma_scale, output=average,
+                                      accumulate_on=accumulate_on, blend=blend)
+  if average == "logits":
+    probs = (jax.nn.sigmoid(probs) if isinstance(probs, jax.Array)
+             else 1.0 / (1.0 + np.exp(-probs, dtype=np.float32)))
   c = probs.shape[-1]
   if packed and c > 32:
     raise ValueError(f"packed masks hold at most 32 classes, the model has {c}")
@@ -241,24 +288,41 @@ def predict_file(apply_fn: Callable[[Any, jax.Array], jax.Array], in_path: str |
                  out_path: str | os.PathLike, *, params: Any = None,
                  spacing: float | Sequence[float] = 1.5, class_names: Sequence[str] | None = None,
                  per_class_dir: str | os.PathLike | None = None, compress: bool = True,
+                 resample_rule: str = "round", crop_foreground: bool = False,
                  **predict_kwargs) -> ScanResult:
   """One scan end to end: read, predict in the model grid, write in the file's grid.
 
   The label map (uint8 universal ids, lesions over organs) goes to `out_path`; with
   `per_class_dir`, one 0/1 file per class too (needs `class_names`, one per output channel).
+  `resample_rule` ('round' | 'monai') and `crop_foreground`: see the module docstring.
   """
+  if resample_rule not in ("round", "monai"):
+    raise ValueError(f"resample_rule must be 'round' or 'monai', got {resample_rule!r}")
   timings = {}
   start = time.perf_counter()
   volume, affine, _ = load_nifti_for_prediction(in_path, dtype=None)
   original = Grid(tuple(volume.shape), affine)
-  model_volume, model_grid = to_model_grid(volume, affine, spacing)
+  to_grid = to_model_grid_monai if resample_rule == "monai" else to_model_grid
+  model_volume, model_grid = to_grid(volume, affine, spacing)
   del volume
   timings["load_resample"] = time.perf_counter() - start
 
   start = time.perf_counter()
+  box = foreground_box(model_volume) if crop_foreground else None
+  if box is not None:
+    corner = np.eye(4)
+    corner[:3, 3] = [b.start for b in box]
+    inner_affine = model_grid.affine @ corner
+    inner = np.ascontiguousarray(model_volume[box])
+  else:
+    inner_affine, inner = model_grid.affine, model_volume
   # Packed masks (X, Y, Z) uint32 when the model has <= 32 classes, else (X, Y, Z, C) bool.
-  masks = predict_volume(apply_fn, model_volume, params=params, affine=model_grid.affine,
+  masks = predict_volume(apply_fn, inner, params=params, affine=inner_affine,
                          packed=None, **predict_kwargs)
+  if box is not None:  # zero outside the foreground box (MONAI inverts its crop by padding)
+    full = np.zeros(model_grid.shape + masks.shape[3:], masks.dtype)
+    full[box] = masks
+    masks = full
   timings["predict"] = time.perf_counter() - start
 
   start = time.perf_counter()

@@ -20,6 +20,12 @@ from dassemble_jax.segmentation import train_step
 # probability.
 _NEVER = 2.0
 
+# The anchor's inference (MONAI transforms + sliding_window_inference), as config.eval fields:
+# what an imported checkpoint's run records (segmentation/anchor_import.py). Every field
+# defaults to the project's own convention when a config does not name it.
+ANCHOR_CONVENTIONS = {"blend": "monai", "average": "logits", "resample_rule": "monai",
+                      "crop_foreground": True}
+
 
 @dataclasses.dataclass(frozen=True)
 class InferenceSpec:
@@ -35,6 +41,11 @@ class InferenceSpec:
   nsd_tolerance_mm: float           # NSD tolerance of the evaluation
   head_impl: str                    # dynamic-head implementation the model was built with
   dtype: str                        # compute dtype name ('float32', 'bfloat16')
+  # Conventions (inference.py; ANCHOR_CONVENTIONS for imported checkpoints):
+  blend: str = "gaussian"           # window placement/weights: 'gaussian' (ours) or 'monai'
+  average: str = "probs"            # what overlapping windows average: 'probs' or 'logits'
+  resample_rule: str = "round"      # model-grid size: 'round' (n*old/new) or 'monai'
+  crop_foreground: bool = False     # predict inside the body's bounding box only
 
   @classmethod
   def from_config(cls, config, trained: Sequence[bool] | np.ndarray | None = None,
@@ -51,7 +62,10 @@ class InferenceSpec:
                spacing=float(config.data.spacing),
                nsd_tolerance_mm=float(e.get("nsd_tolerance_mm", 2.0)),
                head_impl=train_step.head_impl(config),
-               dtype=str(config.compute_dtype))
+               dtype=str(config.compute_dtype),
+               blend=str(e.get("blend", "gaussian")), average=str(e.get("average", "probs")),
+               resample_rule=str(e.get("resample_rule", "round")),
+               crop_foreground=bool(e.get("crop_foreground", False)))
     return dataclasses.replace(spec, **overrides) if overrides else spec
 
   def replace(self, **fields: Any) -> InferenceSpec:
@@ -71,9 +85,11 @@ class InferenceSpec:
     (postprocess=False: the cheap validation score during training)."""
     return {"window": self.window, "overlap": self.overlap, "sw_batch_size": self.sw_batch_size,
             "sigma_scale": self.sigma_scale, "thresholds": self.thresholds,
-            "postprocess": self.postprocess if postprocess is None else postprocess}
+            "postprocess": self.postprocess if postprocess is None else postprocess,
+            "blend": self.blend, "average": self.average}
 
   def file_kwargs(self) -> dict:
     """Keyword arguments of `inference.predict_file` / `predict_paths` (a scan in its own grid,
     resampled to `spacing` and back)."""
-    return {"spacing": self.spacing, **self.volume_kwargs()}
+    return {"spacing": self.spacing, "resample_rule": self.resample_rule,
+            "crop_foreground": self.crop_foreground, **self.volume_kwargs()}

@@ -16,6 +16,13 @@ Why it is built this way:
   estimate and the device's free memory.
 - The importance map is a product of 1D Gaussians and the window corners form a Cartesian grid,
   so the sum of weights at every voxel is a product of three 1D sums: no weight volume is stored.
+
+`blend='monai'` reproduces MONAI's `sliding_window_inference(mode='gaussian')`, which the anchor
+predicts with (imported checkpoints use it): window starts every int(window * (1 - overlap))
+voxels, the last one moved back to end at the border (ours: evenly spread); the 3D Gaussian
+(not normalised to 1) clamped at max(its minimum, 1e-3) (ours: each 1D factor floored at 1e-3,
+so corners weigh up to 1e-9); the total weight is then not separable and is summed once per
+volume on the host.
 """
 
 import functools
@@ -31,6 +38,7 @@ from jax import lax
 # apply_fn(params, windows) -> logits: (n, wd, wh, ww, C_in) -> (n, wd, wh, ww, C).
 ApplyFn = Callable[[Any, jax.Array], jax.Array]
 Accumulate = Literal["device", "host", "auto"]
+Blend = Literal["gaussian", "monai"]
 
 # Per-axis floor of the 1D Gaussian (max 1): the 3D weight stays >= 1e-9, far from float32
 # underflow, so every voxel has a positive total weight even with a small sigma.
@@ -65,6 +73,27 @@ def window_starts(size: int, window: int, overlap: float) -> np.ndarray:
   if n == 1:
     return np.zeros((1,), np.int32)
   return np.round(np.linspace(0, size - window, n)).astype(np.int32)
+
+
+def monai_window_starts(size: int, window: int, overlap: float) -> np.ndarray:
+  """MONAI's window starts along one axis (`_get_scan_interval` + `dense_patch_slices`)."""
+  if size < window:
+    raise ValueError(f"axis of size {size} is smaller than the window {window}; pad first")
+  if not 0.0 <= overlap < 1.0:
+    raise ValueError(f"overlap must be in [0, 1), got {overlap}")
+  interval = window if size == window else max(1, int(window * (1.0 - overlap)))
+  n = next(d for d in range(math.ceil(size / interval)) if d * interval + window >= size) + 1
+  return np.array([min(d * interval, size - window) for d in range(n)], np.int32)
+
+
+def monai_importance_map(window: Sequence[int], sigma_scale: float = 0.125) -> np.ndarray:
+  """MONAI's `compute_importance_map(mode='gaussian')`, in its float32 arithmetic."""
+  out = None
+  for w in window:
+    x = np.arange(-(w - 1) / 2.0, (w - 1) / 2.0 + 1, dtype=np.float32)
+    g = np.exp(x**2 / np.float32(-2 * (w * sigma_scale) ** 2)).astype(np.float32)
+    out = g if out is None else out[..., None] * g
+  return np.maximum(out, max(float(out.min()), 1e-3)).astype(np.float32)
 
 
 def _axis_weight_sum(size: int, window: int, starts: np.ndarray, sigma_scale: float) -> np.ndarray:
@@ -150,12 +179,18 @@ _normalise_in_place = jax.jit(_normalise, static_argnames=("crop",), donate_argn
 _normalise_cropped = jax.jit(_normalise, static_argnames=("crop",))
 
 
+@functools.partial(jax.jit, static_argnames=("crop",))
+def _normalise_by_total(acc, total, *, crop):
+  out = acc / total[..., None]
+  return out[crop[0]:crop[0] + crop[3], crop[1]:crop[1] + crop[4], crop[2]:crop[2] + crop[5]]
+
+
 def sliding_window_inference(
     apply_fn: ApplyFn, volume: np.ndarray | jax.Array, *, window: Sequence[int],
     params: Any = None, overlap: float = 0.5, sw_batch_size: int = 4,
     output: Literal["probs", "logits"] = "probs", accumulate_on: Accumulate = "auto",
     sigma_scale: float = 0.125, pad_value: float = 0.0, device: jax.Device | None = None,
-    reserve_bytes: int = 0) -> np.ndarray | jax.Array:
+    reserve_bytes: int = 0, blend: Blend = "gaussian") -> np.ndarray | jax.Array:
   """Predicts a whole volume by Gaussian-weighted averaging of overlapping windows.
 
   Args:
@@ -174,6 +209,8 @@ def sliding_window_inference(
     sigma_scale: Gaussian sigma as a fraction of the window.
     device: where the volume and a device accumulator live (default: the first device).
     reserve_bytes: device memory kept free for the model when accumulate_on='auto'.
+    blend: 'gaussian' (ours: evenly spread windows, per-axis floored Gaussian) or 'monai'
+      (MONAI's window starts and clamped Gaussian; see the module docstring).
 
   Returns:
     (D, H, W, C) float32: a jax.Array when accumulated on the device, a NumPy array on the host.
@@ -187,6 +224,8 @@ def sliding_window_inference(
     raise ValueError(f"accumulate_on must be 'device', 'host' or 'auto', got {accumulate_on!r}")
   if sw_batch_size < 1:
     raise ValueError(f"sw_batch_size must be >= 1, got {sw_batch_size}")
+  if blend not in ("gaussian", "monai"):
+    raise ValueError(f"blend must be 'gaussian' or 'monai', got {blend!r}")
   vol = np.asarray(volume, np.float32)
   if vol.ndim == 3:
     vol = vol[..., None]
@@ -202,7 +241,8 @@ def sliding_window_inference(
   padded = vol.shape[:3]
   crop = tuple(before) + tuple(shape)
 
-  axis_starts = [window_starts(s, w, overlap) for s, w in zip(padded, window)]
+  starts_fn = monai_window_starts if blend == "monai" else window_starts
+  axis_starts = [starts_fn(s, w, overlap) for s, w in zip(padded, window)]
   corners = np.stack(np.meshgrid(*axis_starts, indexing="ij"), -1).reshape(-1, 3).astype(np.int32)
   n = corners.shape[0]
   num_batches = -(-n // sw_batch_size)
@@ -210,9 +250,15 @@ def sliding_window_inference(
   # Padding windows repeat the last corner with zero weight: same shapes, no contribution.
   corners = np.concatenate([corners, np.repeat(corners[-1:], pad_n, 0)])
   valid = np.concatenate([np.ones(n, np.float32), np.zeros(pad_n, np.float32)])
-  imp = importance_map(window, sigma_scale)
-  axis_sums = [_axis_weight_sum(s, w, st, sigma_scale)
-               for s, w, st in zip(padded, window, axis_starts)]
+  if blend == "monai":
+    imp = monai_importance_map(window, sigma_scale)
+    total = np.zeros(padded, np.float32)  # not separable: summed once, window by window
+    for z, y, x in corners[:n]:
+      total[z:z + window[0], y:y + window[1], x:x + window[2]] += imp
+  else:
+    imp = importance_map(window, sigma_scale)
+    axis_sums = [_axis_weight_sum(s, w, st, sigma_scale)
+                 for s, w, st in zip(padded, window, axis_starts)]
 
   device = device or jax.devices()[0]
   vol_dev = jax.device_put(vol, device)
@@ -243,6 +289,8 @@ def sliding_window_inference(
     for b in range(num_batches):
       starts, values = first if b == 0 else predict(b)
       acc = _accumulate(acc, values, starts)
+    if blend == "monai":
+      return _normalise_by_total(acc, jax.device_put(total, device), crop=crop)
     wd, wh, ww = (jax.device_put(a.astype(np.float32), device) for a in axis_sums)
     normalise = _normalise_in_place if tuple(padded) == tuple(shape) else _normalise_cropped
     return normalise(acc, wd, wh, ww, crop=crop)
@@ -266,8 +314,9 @@ def sliding_window_inference(
     add(*pending)
     pending = (future, b)
   add(*pending)
-  total = (axis_sums[0][:, None, None] * axis_sums[1][None, :, None]
-           * axis_sums[2][None, None, :]).astype(np.float32)
+  if blend != "monai":
+    total = (axis_sums[0][:, None, None] * axis_sums[1][None, :, None]
+             * axis_sums[2][None, None, :]).astype(np.float32)
   np.divide(acc, total[..., None], out=acc)
   z0, y0, x0, d, h, w = crop
   return acc[z0:z0 + d, y0:y0 + h, x0:x0 + w]

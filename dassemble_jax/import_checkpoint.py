@@ -1,0 +1,50 @@
+"""Import the anchor's released Universal Model checkpoints (PyTorch .pth) as a run folder.
+
+  python -m dassemble_jax.import_checkpoint --checkpoint=clip_driven_universal_unet.pth \
+      --class_table=txt_encoding.pth --out=runs/universal_unet
+  python -m dassemble_jax.predict --workdir=runs/universal_unet --input=CT.nii.gz --output=OUT
+
+The .pth is read without PyTorch and without running code from it (data/torch_pth.py: only the
+globals that rebuild tensors are admitted). Every tensor is mapped onto the Flax model or the
+import stops naming the keys that do not fit (segmentation/anchor_import.py). `--out` receives a
+run folder (config.json with the anchor's inference conventions, class_embeddings.npy,
+trained_classes.json, checkpoints/, anchor_import.json) that prediction, evaluation and
+`--config.init_from=OUT` fine-tuning accept. A refused or failed import writes nothing into
+`--out` and prints one line `error: <file>: <problem>` (exit status 2).
+
+`--class_table`: the anchor's txt_encoding.pth (or a (32, D) .npy); without it the table stored
+in the checkpoint (its `organ_embedding` buffer) is used.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from absl import app, flags, logging
+
+from dassemble_jax.segmentation import anchor_import
+
+_CHECKPOINT = flags.DEFINE_string("checkpoint", None, "The anchor's .pth checkpoint.")
+_CLASS_TABLE = flags.DEFINE_string("class_table", None,
+                                   "txt_encoding.pth (the anchor's CLIP table) or a .npy table.")
+_OUT = flags.DEFINE_string("out", None, "New run folder to write (must not exist, or be empty).")
+
+
+def main(argv) -> int:
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO
+  try:
+    summary = anchor_import.import_checkpoint(_CHECKPOINT.value, _OUT.value, _CLASS_TABLE.value)
+  except (anchor_import.ImportError_, OSError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  print(f"imported {summary['backbone']} (width {summary['width']}, "
+        f"{summary['parameters'] / 1e6:.2f} M parameters, {summary['tensors']} tensors) "
+        f"-> {_OUT.value}; class table: {summary['class_table']}")
+  return 0
+
+
+if __name__ == "__main__":
+  flags.mark_flags_as_required(["checkpoint", "out"])
+  app.run(lambda argv: sys.exit(main(argv)))

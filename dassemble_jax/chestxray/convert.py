@@ -235,7 +235,7 @@ def convert(data_cfg, out_dir: str | pathlib.Path, *, fingerprint: str = "",
   }
   total = sum(len(p[s].rows) for p in plans for s in SPLITS)
   bar = progress_lib.Progress(total, unit="images", prefix="convert") if show_progress else None
-  done = 0
+  done = reported = 0
   with arrayrecord_io.DatasetWriter(out_dir, shards_per_split=int(_get(data_cfg, "num_shards", 1)),
                                     overwrite=overwrite) as writer, \
       concurrent.futures.ThreadPoolExecutor(workers) as pool:
@@ -250,8 +250,10 @@ def convert(data_cfg, out_dir: str | pathlib.Path, *, fingerprint: str = "",
             writer.add(split, {"image": image, "targets": p.targets[i], "known": p.known[i],
                                "source": np.int32(sid), "row": np.int32(p.file_rows[i])})
           done += stop - start
-          if bar is not None:
+          # About a hundred progress lines per conversion, not one per chunk.
+          if bar is not None and (done - reported >= total // 100 or done == total):
             bar.report(done, split=split, source=specs[sid].name)
+            reported = done
     writer.close(manifest)
   if bar is not None:
     bar.close()

@@ -243,3 +243,17 @@ def test_cli_writes_the_dataset(data, tmp_path):
   assert manifest["image_size"] == 32 and manifest["uncertainty"] == "ignore"
   r = _run_cli(data, tmp_path / "out", f"--nih={data['nih']}", f"--chexpert={data['chexpert']}")
   assert r.returncode == 1 and "already exists" in r.stderr
+
+
+def test_sixteen_bit_png_and_rgb_jpeg_become_8_bit_gray(tmp_path):
+  # 16-bit PNGs (PadChest, some COVIDx sources) are stretched from their own min..max.
+  ramp = np.tile(np.linspace(1000, 41000, 64), (64, 1)).astype(np.uint16)
+  Image.fromarray(ramp).save(tmp_path / "a.png")
+  out = images.load(tmp_path / "a.png", 16)[..., 0].astype(int)
+  stretched = (ramp - 1000.0) * 255 / 40000
+  blocks = stretched.reshape(16, 4, 16, 4).mean((1, 3))
+  assert np.abs(out - blocks)[:, 1:-1].max() <= 2  # the full 0..255 range, block means inside
+  assert (np.diff(out, axis=1) >= 0).all()  # monotone, as the ramp
+  rgb = np.stack([np.full((30, 40), 200, np.uint8)] * 3, -1)
+  Image.fromarray(rgb).save(tmp_path / "b.jpg", quality=95)
+  assert np.abs(images.load(tmp_path / "b.jpg", 8).astype(int) - 200).max() <= 2

@@ -30,7 +30,9 @@ def _to_gray(image: Image.Image) -> Image.Image:
     return image
   if image.mode.startswith("I"):
     arr = np.asarray(image, np.float32)
-    lo, hi = float(arr.min(initial=0.0)), float(arr.max(initial=0.0))
+    if arr.size == 0:
+      return Image.fromarray(arr, mode="F")
+    lo, hi = float(arr.min()), float(arr.max())
     arr = (arr - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(arr)
     return Image.fromarray(arr.astype(np.float32), mode="F")
   return image.convert("L")

@@ -26,7 +26,7 @@ import concurrent.futures
 import dataclasses
 import pathlib
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -57,7 +57,8 @@ def source_specs(config_sources) -> list[SourceSpec]:
 
 
 def _get(d, key, default=None):
-  return d.get(key, default) if isinstance(d, Mapping) or hasattr(d, "get") else default
+  """A field of the data config (a ConfigDict or a plain dict) with a default."""
+  return d.get(key, default)
 
 
 def dataset_root(data_cfg, dataset: str) -> pathlib.Path:
@@ -81,7 +82,7 @@ _TITLE = {"nih": "ChestX-ray14", "chexpert": "CheXpert-v1.0", "covidx": "COVIDx 
 class Loaded:
   table: label_space.LabelTable
   pools: dict[str, np.ndarray]     # 'train_val' and 'test' row indices
-  image_of: callable               # row index -> pathlib.Path (or None when absent)
+  image_of: Callable[[int], pathlib.Path | None]  # row index -> its image file (None: absent)
   label_files: list[str]
 
 

@@ -416,7 +416,7 @@ def _review_overlays(workdir: str, ranked: list[dict], n: int) -> list[str]:
     axes[1].imshow(prob, cmap="magma", vmin=0, vmax=1)
     axes[1].set_title(f"p({r['class']})", fontsize=7)
     axes[2].imshow(rgb)
-    title = f"completed labels; {r['class']} {r['status']}, conf {r['confidence']:.2f}"
+    title = f"completed labels\n{r['class']} {r['status']}, conf {r['confidence']:.2f}"
     if "true_dsc" in r:
       title += f", true DSC {r['true_dsc']:.2f}"
     axes[2].set_title(title, fontsize=7)

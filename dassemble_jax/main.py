@@ -5,6 +5,8 @@ otherwise), then runs the job the config names. Tests and notebooks call the job
 directly, never this module.
 """
 
+import sys
+
 import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -28,29 +30,51 @@ def _init_distributed() -> None:
                          num_processes=_NUM_PROCESSES.value, process_id=_PROCESS_ID.value)
 
 
+def _user_errors() -> tuple[type[BaseException], ...]:
+  """Errors that mean bad input (a data file, a run folder, a label table), not a bug.
+
+  Their messages already name the file and the problem, so main prints them as one line.
+  """
+  from dassemble_jax.classification.labels import LabelSpaceError
+  from dassemble_jax.data.errors import DataFormatError, DatasetUnavailableError
+  from dassemble_jax.data.records import RecordFormatError
+  from dassemble_jax.fetch import FetchError
+  from dassemble_jax.segmentation.train_loop import InitFromError
+  from dassemble_jax.segmentation.trained_run import ModelDirError
+  return (DataFormatError, DatasetUnavailableError, RecordFormatError, LabelSpaceError,
+          FetchError, InitFromError, ModelDirError)
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   # Orbax logs every save and restore at INFO; our own progress lines are what people read.
   logging.set_verbosity(logging.WARNING)
   _init_distributed()
-  config = _CONFIG.value
+  try:
+    _run_job(_CONFIG.value, _WORKDIR.value)
+  except _user_errors() as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(1)
+
+
+def _run_job(config, workdir: str) -> None:
   job = config.get("job", "classification")
   if job == "classification":
     from dassemble_jax.jobs import classify
-    classify.train_and_evaluate(config, _WORKDIR.value)
+    classify.train_and_evaluate(config, workdir)
   elif job == "universal":
     from dassemble_jax.jobs import universal as universal_job
-    universal_job.run(config, _WORKDIR.value)
+    universal_job.run(config, workdir)
   elif job == "universal_add_class":
     from dassemble_jax.jobs import add_class
-    add_class.run(config, _WORKDIR.value)
+    add_class.run(config, workdir)
   elif job == "liver_synthetic":
     from dassemble_jax.jobs import liver_synthetic
-    liver_synthetic.run(config, _WORKDIR.value)
+    liver_synthetic.run(config, workdir)
   elif job == "complete":
     from dassemble_jax.jobs import complete
-    complete.run(config, _WORKDIR.value)
+    complete.run(config, workdir)
   else:
     raise app.UsageError(f"unknown job {job!r} in the config")
 

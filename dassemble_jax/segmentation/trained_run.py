@@ -95,9 +95,11 @@ def run_trained_classes(run_dir: str) -> np.ndarray:
   try:
     with open(path) as f:
       return taxonomy.annotated_vector(json.load(f)).astype(bool)
+  except FileNotFoundError:
+    raise ModelDirError(f"{run_dir}: not a Universal Model run folder (no {TRAINED_CLASSES_FILE}"
+                        "; a run is DIR/runs/<model> of a training workdir)") from None
   except (OSError, ValueError) as e:
-    raise ValueError(f"cannot read {path} ({e}); is it a Universal Model training folder "
-                     "(DIR/runs/<model>)?") from e
+    raise ModelDirError(f"{path}: cannot read it ({e})") from e
 
 
 # ------------------------------------------------------------------------------------------------

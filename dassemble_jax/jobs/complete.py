@@ -44,6 +44,7 @@ import time
 import zlib
 from collections.abc import Callable, Sequence
 
+import jax
 import ml_collections
 import numpy as np
 
@@ -183,6 +184,11 @@ def complete_assembly(config, run_dirs: Sequence[str], shard_dirs: Sequence[str]
   c = config.complete
   t0 = time.perf_counter()
   os.makedirs(workdir, exist_ok=True)
+  if jax.process_count() > 1:
+    # Every process would predict and write the same cases: run the completion in one process
+    # (its models run on that process's first device; training round 2 may use many hosts).
+    raise CompletionError(f"{workdir}: the completion runs in a single process, got "
+                          f"{jax.process_count()}; run it with --distributed=off")
   manifests = {d: check_shards(d) for d in shard_dirs}
   models = ensemble.Ensemble(run_dirs, str(c.checkpoint))
   for d, m in manifests.items():

@@ -14,7 +14,8 @@ With none (the default), the phantom study: per seed of `complete.seeds`, the un
 assembly model (round 1, the universal config's phantom and model) completes the phantom
 assembly, its pseudo labels are scored against the phantom's hidden full truth, a round-2 model
 trains on the completed assembly with the same steps, and both are compared on held-out cases.
-The model, data and training fields are the universal config's (configs/universal.py).
+The model, data and training fields are the universal config's (configs/universal.py). The
+stored study (results/completion/README.md) ran with `--config.assembly_num_steps=250`.
 ':tiny': the same code path in seconds (tests/jobs/test_complete.py).
 """
 

@@ -14,4 +14,5 @@ only to reuse a whole step: robustness builds its evaluation set with synth_swee
   robustness       a trained model on sweeps of one synthetic-tumor property
   synth_overlay    synthetic tumors inserted into a real CT, as NIfTI + overlay PNGs
   synth_sweep      a robustness evaluation set, one property at a time
+  complete         complete an assembly with pseudo labels; the phantom study of it
 """

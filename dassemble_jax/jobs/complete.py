@@ -500,9 +500,9 @@ def phantom_seed(config, workdir: str, seed: int) -> dict:
   for name, test_dir in data["test"].items():
     out = os.path.join(workdir, "data", "truth_test", name)
     if not os.path.exists(os.path.join(out, arrayrecord_io.MANIFEST_NAME)):
-      phantom_truth.write_truth_shards(test_dir, out, seed=int(seed) + _TEST_SEED_OFFSET,
-                                       shape=tuple(d.phantom_shape),
-                                       native_spacing=tuple(d.phantom_native_spacing))
+      phantom_truth.write_truth_shards(
+          test_dir, out, seed=int(seed) + assembly_data.TEST_SEED_OFFSET,
+          shape=tuple(d.phantom_shape), native_spacing=tuple(d.phantom_native_spacing))
     truth_tests.append(out)
   train_dirs = [str(p) for p in data["train"].values()]
   steps = universal_job.assembly_steps(cfg, len(train_dirs))
@@ -539,10 +539,6 @@ def phantom_seed(config, workdir: str, seed: int) -> dict:
     rows = json.load(f)
   return {"seed": int(seed), "rows": rows, "heldout": heldout, "steps": steps,
           "models": len(runs)}
-
-
-# Held-out phantom cases are drawn with this seed offset (segmentation/assembly_data.py).
-_TEST_SEED_OFFSET = assembly_data._TEST_SEED_OFFSET
 
 
 def phantom_study(config, workdir: str) -> dict:

@@ -13,4 +13,8 @@
   evaluate        held-out cases, their evaluation, the validator used during training
   reports         tables, eval.json, comparisons, overlay PNGs
   assembly_data   the embedded phantom's sources, converted once into a workdir
+  ensemble        several trained runs as one model (mean probabilities, each model's masks)
+  completion      pseudo labels for the classes a source lacks: confidence, merge, review order
+  completion_study  the phantom study of completion: pseudo-label DSC, rank correlation, rounds
+  phantom_truth   a phantom case's full labels on its stored grid (the hidden truth)
 """

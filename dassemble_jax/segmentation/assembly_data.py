@@ -17,7 +17,7 @@ from jax.experimental import multihost_utils
 from dassemble_jax.ct import convert, phantom
 from dassemble_jax.data import arrayrecord_io
 
-_TEST_SEED_OFFSET = 1000  # held-out phantom cases: same generator, another seed
+TEST_SEED_OFFSET = 1000  # held-out phantom cases: same generator, another seed
 _VAL_SEED_OFFSET = 2000   # validation cases (best checkpoint): a third seed
 
 
@@ -36,7 +36,7 @@ def phantom_data(config, data_root) -> dict[str, dict[str, pathlib.Path]]:
   root = pathlib.Path(data_root)
   out = {"train": {}, "test": {}, "raw_test": {}, "val": {}}
   kinds = [("train", d.phantom_train_cases, config.seed),
-           ("test", d.phantom_test_cases, config.seed + _TEST_SEED_OFFSET)]
+           ("test", d.phantom_test_cases, config.seed + TEST_SEED_OFFSET)]
   if int(d.get("phantom_val_cases", 0) or 0) > 0:
     kinds.append(("val", d.phantom_val_cases, config.seed + _VAL_SEED_OFFSET))
   for kind, cases, seed in kinds:

@@ -36,7 +36,7 @@ def main(argv) -> int:
   logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO
   try:
     summary = anchor_import.import_checkpoint(_CHECKPOINT.value, _OUT.value, _CLASS_TABLE.value)
-  except (anchor_import.ImportError_, OSError) as e:
+  except (ValueError, OSError) as e:  # AnchorImportError, DataFormatError, a bad class table
     print(f"error: {e}", file=sys.stderr)
     return 2
   print(f"imported {summary['backbone']} (width {summary['width']}, "

@@ -80,7 +80,7 @@ _WRAPPERS = ("net", "state_dict", "model")
 _BACKBONE_ROOTS = ("swinViT.", "encoder", "decoder", "down_tr", "up_tr", "out.")
 
 
-class ImportError_(ValueError):
+class AnchorImportError(ValueError):
   """A checkpoint that does not map onto the model (the message names the keys)."""
 
 
@@ -105,15 +105,15 @@ def normalize_state_dict(obj: Any, filename: str) -> tuple[dict[str, np.ndarray]
         obj = obj[name]
         break
     else:
-      raise ImportError_(f"{filename}: no state dict (a mapping of tensors) at the top level or "
+      raise AnchorImportError(f"{filename}: no state dict (a mapping of tensors) at the top level or "
                          f"under {', '.join(repr(w) for w in _WRAPPERS)}; top-level keys: "
                          f"{sorted(map(str, obj))[:8]}")
   if not isinstance(obj, Mapping):
-    raise ImportError_(f"{filename}: holds a {type(obj).__name__}, not a state dict")
+    raise AnchorImportError(f"{filename}: holds a {type(obj).__name__}, not a state dict")
   out = {}
   for key, value in obj.items():
     if not isinstance(key, str) or not isinstance(value, np.ndarray):
-      raise ImportError_(f"{filename}: entry {key!r} is a {type(value).__name__}, not a tensor")
+      raise AnchorImportError(f"{filename}: entry {key!r} is a {type(value).__name__}, not a tensor")
     k = key
     if k.startswith("module."):
       k = k[len("module."):]
@@ -145,7 +145,7 @@ def detect(shapes: Mapping[str, tuple], filename: str) -> Architecture:
   elif "backbone.swinViT.patch_embed.proj.weight" in shapes:
     backbone, width = "swin", shapes["backbone.swinViT.patch_embed.proj.weight"][0]
   else:
-    raise ImportError_(f"{filename}: neither the anchor's U-Net (backbone.down_tr64...) nor its "
+    raise AnchorImportError(f"{filename}: neither the anchor's U-Net (backbone.down_tr64...) nor its "
                        "Swin UNETR (backbone.swinViT...) keys")
   if "text_to_vision.weight" in shapes and "organ_embedding" in shapes:
     code, dim = "text", shapes["text_to_vision.weight"][1]
@@ -155,10 +155,10 @@ def detect(shapes: Mapping[str, tuple], filename: str) -> Architecture:
   elif "text_to_vision.weight" in shapes:
     code, dim, k = "text", shapes["text_to_vision.weight"][1], taxonomy.NUM_CLASSES
   else:
-    raise ImportError_(f"{filename}: no class codes (text_to_vision + organ_embedding, or the "
+    raise AnchorImportError(f"{filename}: no class codes (text_to_vision + organ_embedding, or the "
                        "organ_embedding.weight of 'rand_embedding')")
   if k != taxonomy.NUM_CLASSES:
-    raise ImportError_(f"{filename}: {k} classes; the anchor's taxonomy has "
+    raise AnchorImportError(f"{filename}: {k} classes; the anchor's taxonomy has "
                        f"{taxonomy.NUM_CLASSES}")
   return Architecture(backbone, int(width), code, None if dim is None else int(dim), int(k))
 
@@ -327,7 +327,7 @@ def plan(shapes: Mapping[str, tuple], filename: str = "<state dict>"):
   """Checks a {anchor key: shape} table against the model it describes.
 
   Returns (arch, config, {our 'params/...' or 'batch_stats/...' path: (anchor key, conv)}).
-  Raises ImportError_ listing missing, unexpected and misshaped keys in one line."""
+  Raises AnchorImportError listing missing, unexpected and misshaped keys in one line."""
   shapes = {k: tuple(int(d) for d in s) for k, s in shapes.items()}
   arch = detect(shapes, filename)
   config, params, stats = abstract_model(arch)
@@ -358,7 +358,7 @@ def plan(shapes: Mapping[str, tuple], filename: str = "<state dict>"):
   if misshaped:
     problems.append(f"{len(misshaped)} misshaped: {_short(misshaped)}")
   if problems:
-    raise ImportError_(f"{filename}: not the anchor's {arch.backbone} Universal Model "
+    raise AnchorImportError(f"{filename}: not the anchor's {arch.backbone} Universal Model "
                        f"(width {arch.width}): " + "; ".join(problems))
   return arch, config, mapping
 
@@ -374,7 +374,7 @@ def convert(state: Mapping[str, np.ndarray], filename: str = "<state dict>"):
         window = round(n ** (1 / 3))
         ours = swin_unetr.relative_position_index((window,) * 3)
         if value.shape != ours.shape or not np.array_equal(value, ours):
-          raise ImportError_(f"{filename}: {key} differs from the relative position index of a "
+          raise AnchorImportError(f"{filename}: {key} differs from the relative position index of a "
                              f"{window}^3 window")
   _, _params_abs, _stats_abs = abstract_model(arch)
   trees = {"params": {}, "batch_stats": {}}
@@ -406,13 +406,13 @@ def read_class_table(path: str, arch: Architecture) -> np.ndarray:
       tensors = [v for v in table.values() if isinstance(v, np.ndarray)]
       table = tensors[0] if len(tensors) == 1 else None
     if not isinstance(table, np.ndarray):
-      raise ImportError_(f"{path}: not a class table (expected one (32, D) tensor)")
+      raise AnchorImportError(f"{path}: not a class table (expected one (32, D) tensor)")
   table = np.asarray(table, np.float32)
   if table.shape != (taxonomy.NUM_CLASSES, arch.embed_dim):
-    raise ImportError_(f"{path}: class table of shape {table.shape}; the checkpoint's "
+    raise AnchorImportError(f"{path}: class table of shape {table.shape}; the checkpoint's "
                        f"text_to_vision needs ({taxonomy.NUM_CLASSES}, {arch.embed_dim})")
   if not np.all(np.isfinite(table)):
-    raise ImportError_(f"{path}: class table holds non-finite values")
+    raise AnchorImportError(f"{path}: class table holds non-finite values")
   return table
 
 
@@ -429,7 +429,7 @@ def _params_like(abstract_state, tree):
         continue
       node = node[k.key if isinstance(k, jax.tree_util.DictKey) else k.idx]
     if tuple(node.shape) != tuple(abstract.shape):
-      raise ImportError_(f"internal: {jax.tree_util.keystr(path)} {node.shape} vs "
+      raise AnchorImportError(f"internal: {jax.tree_util.keystr(path)} {node.shape} vs "
                          f"{abstract.shape}")
     leaves.append(jnp.asarray(node, abstract.dtype))
   return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(abstract_state), leaves)
@@ -439,11 +439,11 @@ def import_checkpoint(checkpoint: str, out: str, class_table: str | None = None)
   """Reads `checkpoint` (and the class table) and writes the run folder `out`, whole or not at
   all (built in a temporary sibling folder, renamed at the end). Returns the import summary."""
   if os.path.exists(out) and (not os.path.isdir(out) or os.listdir(out)):
-    raise ImportError_(f"{out}: exists and is not an empty folder; choose a new --out")
+    raise AnchorImportError(f"{out}: exists and is not an empty folder; choose a new --out")
   try:
     loaded = torch_pth.load_pth(checkpoint)
   except DataFormatError as e:
-    raise ImportError_(str(e)) from None
+    raise AnchorImportError(str(e)) from None
   state, layout = normalize_state_dict(loaded, checkpoint)
   arch, config, params, stats = convert(state, checkpoint)
   stored = checkpoint_class_table(state, arch)
@@ -454,7 +454,7 @@ def import_checkpoint(checkpoint: str, out: str, class_table: str | None = None)
     elif stored is not None:
       table, table_source = stored, "the checkpoint's organ_embedding"
     else:
-      raise ImportError_(f"{checkpoint}: no organ_embedding in the checkpoint; pass the class "
+      raise AnchorImportError(f"{checkpoint}: no organ_embedding in the checkpoint; pass the class "
                          "table (--class_table=txt_encoding.pth)")
     table_vs_stored = (None if stored is None or class_table is None
                        else float(np.abs(stored - table).max()))

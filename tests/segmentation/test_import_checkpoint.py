@@ -145,7 +145,7 @@ def test_missing_extra_misshaped_keys_are_named():
   del broken["backbone.up_tr128.ops.1.bn1.running_var"]
   broken["backbone.extra.weight"] = (3,)
   broken["controller.weight"] = (150, 512, 1, 1, 1)
-  with pytest.raises(anchor_import.ImportError_) as e:
+  with pytest.raises(anchor_import.AnchorImportError) as e:
     anchor_import.plan(broken, "x.pth")
   msg = str(e.value)
   assert "\n" not in msg and msg.startswith("x.pth: not the anchor's unet")
@@ -157,6 +157,13 @@ def test_missing_extra_misshaped_keys_are_named():
 def test_cli_refusals_leave_nothing(tmp_path):
   marker = tmp_path / "ran"
   state = anchor_state("unet")
+  pth_writer.save({"net": state}, tmp_path / "good.pth")
+  pth_writer.save(np.zeros((32, 15), np.float16), tmp_path / "table.pth")
+  result = run_cli(f"--checkpoint={tmp_path / 'good.pth'}", f"--class_table={tmp_path / 'table.pth'}",
+                   f"--out={tmp_path / 'run'}")
+  assert result.returncode == 2 and not (tmp_path / "run").exists()
+  assert result.stderr == (f"error: {tmp_path / 'table.pth'}: class table of shape (32, 15); the "
+                           "checkpoint's text_to_vision needs (32, 16)\n")
   del state["GAP.3.bias"]
   pth_writer.save({"net": state}, tmp_path / "missing.pth")
   pth_writer.save({"net": state, "x": pth_writer.call("os", "system", f"touch {marker}")},

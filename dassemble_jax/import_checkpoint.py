@@ -24,27 +24,40 @@ from absl import app, flags, logging
 
 from dassemble_jax.segmentation import anchor_import
 
-_CHECKPOINT = flags.DEFINE_string("checkpoint", None, "The anchor's .pth checkpoint.")
-_CLASS_TABLE = flags.DEFINE_string("class_table", None,
-                                   "txt_encoding.pth (the anchor's CLIP table) or a .npy table.")
-_OUT = flags.DEFINE_string("out", None, "New run folder to write (must not exist, or be empty).")
+
+def _define_flags() -> dict:
+  """Flags exist only when this module is the program (predict.py defines a --checkpoint too,
+  and a process may import both modules)."""
+  return {
+      "checkpoint": flags.DEFINE_string("checkpoint", None, "The anchor's .pth checkpoint."),
+      "class_table": flags.DEFINE_string(
+          "class_table", None, "txt_encoding.pth (the anchor's CLIP table) or a .npy table."),
+      "out": flags.DEFINE_string("out", None,
+                                 "New run folder to write (must not exist, or be empty)."),
+  }
+
+
+_FLAGS: dict = {}
 
 
 def main(argv) -> int:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO
+  flag = {k: v.value for k, v in _FLAGS.items()}
   try:
-    summary = anchor_import.import_checkpoint(_CHECKPOINT.value, _OUT.value, _CLASS_TABLE.value)
+    summary = anchor_import.import_checkpoint(flag["checkpoint"], flag["out"],
+                                              flag["class_table"])
   except (ValueError, OSError) as e:  # AnchorImportError, DataFormatError, a bad class table
     print(f"error: {e}", file=sys.stderr)
     return 2
   print(f"imported {summary['backbone']} (width {summary['width']}, "
         f"{summary['parameters'] / 1e6:.2f} M parameters, {summary['tensors']} tensors) "
-        f"-> {_OUT.value}; class table: {summary['class_table']}")
+        f"-> {flag['out']}; class table: {summary['class_table']}")
   return 0
 
 
 if __name__ == "__main__":
+  _FLAGS.update(_define_flags())
   flags.mark_flags_as_required(["checkpoint", "out"])
   app.run(lambda argv: sys.exit(main(argv)))

@@ -17,4 +17,5 @@
   completion      pseudo labels for the classes a source lacks: confidence, merge, review order
   completion_study  the phantom study of completion: pseudo-label DSC, rank correlation, rounds
   phantom_truth   a phantom case's full labels on its stored grid (the hidden truth)
+  anchor_import   the anchor's released PyTorch checkpoints -> a run folder (every tensor mapped)
 """

@@ -3,11 +3,12 @@
 Run once, in a throwaway environment (PyTorch and MONAI are never test dependencies):
 
   python3 -m venv /tmp/refenv && /tmp/refenv/bin/pip install torch==2.13.0
-  /tmp/refenv/bin/pip install monai nibabel      # check: pip list | grep torch -> 2.13.0
+  /tmp/refenv/bin/pip install monai nibabel einops   # check: pip list | grep torch -> 2.13.0
   /tmp/refenv/bin/python tests/models/make_anchor_reference.py --ct example_ct_sm.nii.gz
 
 (`example_ct_sm.nii.gz`: tests/reference_files/ of the totalsegmentator 2.18.0 sdist, what
-tests/ct/test_totalseg.py fetches.) Used with torch 2.13.0+cpu, MONAI 1.6.1, nibabel 5.4.2.
+tests/ct/test_totalseg.py fetches.) Used with torch 2.13.0+cpu, MONAI 1.6.1, nibabel 5.4.2,
+einops 0.8 (MONAI's SwinUNETR needs it); ~4-7 min on 2 CPU cores, mostly the real-CT pipeline.
 
 What it builds, from the anchor's published facts (CLIP-Driven-Universal-Model: model/Unet.py's
 layer table, model/Universal_model.py's heads and key names; MONAI's SwinUNETR for the Swin

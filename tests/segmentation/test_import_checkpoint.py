@@ -202,6 +202,25 @@ def test_fine_tuning_starts_from_the_imported_run(unet_run, tmp_path):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
+def test_evaluation_accepts_the_imported_run(unet_run, tmp_path):
+  """The held-out evaluation takes an imported run like one trained here: one small phantom
+  spleen case, scored on the classes its source annotates with the run's own settings."""
+  from dassemble_jax.ct import convert, phantom
+  from dassemble_jax.segmentation import evaluate
+  raw = phantom.write_raw_source("phantom_spleen", tmp_path / "raw", 1, seed=3,
+                                 shape=(40, 36, 24), spacing=(3.0, 3.0, 4.0))
+  shards = tmp_path / "shards"
+  convert.convert_dataset(phantom.source_spec("phantom_spleen"), raw, shards, spacing=3.0,
+                          progress=False)
+  results, step = evaluate.evaluate_run(str(unet_run), [str(shards)])
+  (case,) = results["cases"]
+  assert case["source"] == "phantom_spleen"
+  assert 0.0 <= case["dsc"]["spleen"] <= 1.0  # scored: the source annotates it
+  scored = [name for name, v in case["dsc"].items() if np.isfinite(v)]
+  assert scored == ["spleen"], scored  # every other class is unknown in this source
+  assert step == 0
+
+
 @pytest.mark.slow  # ~4 min on 2 CPU cores: 12 windows of 96^3 with 32 dynamic heads each
 @pytest.mark.network_cache
 def test_real_ct_matches_the_monai_pipeline(unet_run, tmp_path):

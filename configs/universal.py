@@ -88,6 +88,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model.feature_size = 12
   # Class codes: 'text' (embedding table, the paper), 'onehot' or 'learned' (ablations).
   c.model.class_code = "text"
+  # U-Net BatchNorm at inference: False uses the running averages (ordinary BatchNorm); True
+  # normalises each window by its own statistics, as the anchor's U-Net does (imported runs set
+  # it; fine-tuning one of them keeps the anchor's behaviour with --config.model.eval_batch_stats).
+  c.model.eval_batch_stats = False
   # Dynamic heads, the same numbers three ways: 'blockdiag' (three dense matmuls with
   # block-diagonal weights over a (B, voxels, 32 x 8) layout; heads + loss 8.0 ms on an H100),
   # 'einsum' (per-(sample, class) einsums; 14.0 ms) or 'fused' (a Pallas kernel that never

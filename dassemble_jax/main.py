@@ -41,8 +41,9 @@ def _user_errors() -> tuple[type[BaseException], ...]:
   from dassemble_jax.fetch import FetchError
   from dassemble_jax.segmentation.train_loop import InitFromError
   from dassemble_jax.segmentation.trained_run import ModelDirError
+  from dassemble_jax.workdir_lock import WorkdirBusyError
   return (DataFormatError, DatasetUnavailableError, RecordFormatError, LabelSpaceError,
-          FetchError, InitFromError, ModelDirError)
+          FetchError, InitFromError, ModelDirError, WorkdirBusyError)
 
 
 def main(argv):
@@ -51,8 +52,10 @@ def main(argv):
   # Orbax logs every save and restore at INFO; our own progress lines are what people read.
   logging.set_verbosity(logging.WARNING)
   _init_distributed()
+  from dassemble_jax import workdir_lock
   try:
-    _run_job(_CONFIG.value, _WORKDIR.value)
+    with workdir_lock.hold(_WORKDIR.value, enabled=jax.process_index() == 0):
+      _run_job(_CONFIG.value, _WORKDIR.value)
   except _user_errors() as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(1)

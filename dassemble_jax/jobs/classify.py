@@ -60,7 +60,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     state, meta = restored
     print(f"Resumed from {workdir}/checkpoints/latest at epoch {meta['epoch']}", flush=True)
 
-  writer = metric_writer.MetricWriter(workdir)
+  writer = metric_writer.MetricWriter(workdir, resume_step=meta["epoch"] * steps_per_epoch)
   progress = progress_lib.Progress(total_steps, initial=meta["epoch"] * steps_per_epoch,
                                    unit="steps", items_per_unit=config.batch_size, prefix="step")
   next_epoch, iterator_state = _epoch_source(config, data_dir, mesh, train_step,

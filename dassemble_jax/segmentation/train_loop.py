@@ -177,7 +177,7 @@ def train(config, workdir: str, *, stop_at_step: int | None = None) -> dict:
   total = int(config.num_steps)
   end = total if stop_at_step is None else min(total, int(stop_at_step))
   eval_every = int(config.get("eval_every", 0) or 0)
-  writer = metric_writer.MetricWriter(workdir)
+  writer = metric_writer.MetricWriter(workdir, resume_step=int(meta["step"]))
   bar = progress.Progress(total, initial=int(meta["step"]), unit="steps",
                           items_per_unit=int(config.batch_size), prefix="step")
   last = {}

@@ -130,8 +130,16 @@ def restore_run(workdir: str, checkpoint: str = "best") -> RestoredRun:
     if not os.path.isfile(os.path.join(workdir, name)):
       raise ModelDirError(f"{workdir}: no {name}; is this a Universal Model training folder "
                           "(DIR/runs/<model>)?")
-  with open(os.path.join(workdir, CONFIG_FILE)) as f:
-    config = ml_collections.ConfigDict(json.load(f))
+  config_path = os.path.join(workdir, CONFIG_FILE)
+  try:
+    with open(config_path) as f:
+      fields = json.load(f)
+  except (OSError, ValueError) as e:
+    raise ModelDirError(f"{config_path}: not a run's config ({e})") from None
+  if not isinstance(fields, dict):
+    raise ModelDirError(f"{config_path}: not a run's config (a JSON {type(fields).__name__}, "
+                        "not an object of fields)")
+  config = ml_collections.ConfigDict(fields)
   table = text_encoder.load_embedding_table(os.path.join(workdir, EMBEDDINGS_FILE),
                                             num_classes=taxonomy.NUM_CLASSES)
   trained = run_trained_classes(workdir)

@@ -39,9 +39,20 @@ def load(path: str | os.PathLike, *, dtype=None) -> tuple[np.ndarray, np.ndarray
   path = pathlib.Path(path)
   try:
     img = _read_image(path)
+  except CaseError:
+    raise
+  except Exception as e:  # nibabel raises many types (ImageFileError, EOFError, zlib.error...)
+    raise CaseError(f"{path}: cannot read NIfTI: {type(e).__name__}: {e}") from e
+  header = img.header
+  if hasattr(header, "get_qform") and (int(header["qform_code"]) == 0
+                                       and int(header["sform_code"]) == 0):
+    # nibabel would fall back to a pixdim-only affine: no orientation, often the wrong one.
+    raise CaseError(f"{path}: header has neither a qform nor an sform (qform_code = sform_code "
+                    "= 0): the scan's orientation is unknown")
+  try:
     data = np.asanyarray(img.dataobj)
     affine = np.asarray(img.affine, np.float64)
-  except Exception as e:  # nibabel raises many types (ImageFileError, EOFError, zlib.error...)
+  except Exception as e:  # as above
     raise CaseError(f"{path}: cannot read NIfTI: {type(e).__name__}: {e}") from e
   while data.ndim > 3 and data.shape[-1] == 1:
     data = data[..., 0]
@@ -51,16 +62,40 @@ def load(path: str | os.PathLike, *, dtype=None) -> tuple[np.ndarray, np.ndarray
     raise CaseError(f"{path}: empty volume of shape {data.shape}")
   if not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-9:
     raise CaseError(f"{path}: invalid affine (singular or not finite):\n{affine}")
+  if data.dtype.kind == "f":
+    bad = data.size - int(np.count_nonzero(np.isfinite(data)))
+    if bad:
+      raise CaseError(f"{path}: {bad} voxels are NaN or infinite; a prediction from them would "
+                      "be silently wrong")
   if dtype is not None:
     data = data.astype(dtype, copy=False)
   return data, affine
+
+
+# Deflate compresses at most ~1032:1; a header claiming more voxels than that is a broken or
+# hostile file, refused before its array is allocated.
+_MAX_DEFLATE_RATIO = 1032
+
+
+def _check_size(path: pathlib.Path, header, compressed: bool) -> None:
+  """CaseError if the header's voxel count cannot fit in the file (checked before allocating)."""
+  shape = header.get_data_shape()
+  needed = int(np.prod(shape, dtype=np.float64)) * header.get_data_dtype().itemsize
+  have = path.stat().st_size - (0 if compressed else int(header.get_data_offset()))
+  limit = have * _MAX_DEFLATE_RATIO if compressed else have
+  if needed > limit:
+    raise CaseError(f"{path}: header claims {shape} voxels ({needed / 2**20:.0f} MiB), more than "
+                    f"a {path.stat().st_size}-byte file can hold")
 
 
 def _read_image(path: pathlib.Path):
   """nib.load, except that a gzip NIfTI is inflated with ISA-L, straight into its array."""
   with open(path, "rb") as raw:
     if raw.read(2) != b"\x1f\x8b":
-      return nib.load(str(path))
+      img = nib.load(str(path))
+      if isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
+        _check_size(path, img.header, compressed=False)
+      return img
     raw.seek(0)
     f = igzip.IGzipFile(fileobj=raw, mode="rb")  # one open file for the check and the read
     first = f.read(4)
@@ -71,6 +106,7 @@ def _read_image(path: pathlib.Path):
     if image_class is None:
       return nib.load(str(path))  # another gzip format nibabel reads (e.g. .mgz)
     header = image_class.header_class.from_fileobj(f)
+    _check_size(path, header, compressed=True)
     slope, inter = header.get_slope_inter()
     if slope not in (None, 1.0) or inter not in (None, 0.0):
       f.seek(0)  # scaled data: nibabel applies the scaling (and picks the dtype) as nib.load does

@@ -1,5 +1,7 @@
 """nifti_io.load: the ISA-L gzip path reads what nibabel reads, and bad files name themselves."""
 
+import gzip
+
 import nibabel as nib
 import numpy as np
 import pytest
@@ -74,3 +76,49 @@ def test_gzip_save_is_reproducible_and_reads_back(tmp_path):
   np.testing.assert_allclose(img.affine, affine)
   assert int(img.header["qform_code"]) == int(img.header["sform_code"]) == 1
   assert sorted(p.name for p in tmp_path.iterdir()) == ["a.nii.gz", "b.nii.gz"]
+
+
+# --- headers and voxels that would give a silently wrong answer are refused -----------------
+
+def _nifti(path, data, *, qform=1, sform=1):  # codes: 1 scanner, 0 unknown
+  img = nib.Nifti1Image(data, np.diag([1.5, 1.5, 2.0, 1.0]))
+  img.header.set_qform(img.affine, code=qform)
+  img.header.set_sform(img.affine, code=sform)
+  nib.save(img, str(path))
+  return path
+
+
+@pytest.mark.parametrize("suffix", [".nii", ".nii.gz"])
+def test_non_finite_voxels_are_refused(tmp_path, suffix):
+  data = np.zeros((6, 5, 4), np.float32)
+  data[1, 2, 3], data[0, 0, 0] = np.nan, np.inf
+  path = _nifti(tmp_path / f"nan{suffix}", data)
+  with pytest.raises(nifti_io.CaseError, match=r"2 voxels are NaN or infinite"):
+    nifti_io.load(path)
+
+
+def test_a_header_without_qform_or_sform_is_refused(tmp_path):
+  header = nib.Nifti1Header()  # written by hand: nib.save would fill in an sform
+  header.set_data_shape((6, 5, 4))
+  header.set_data_dtype(np.int16)
+  header.set_zooms((1.5, 1.5, 2.0))
+  assert int(header["qform_code"]) == 0 and int(header["sform_code"]) == 0
+  path = tmp_path / "noorient.nii.gz"
+  path.write_bytes(gzip.compress(header.binaryblock + b"\0" * 4 + bytes(6 * 5 * 4 * 2)))
+  with pytest.raises(nifti_io.CaseError, match=r"neither a qform nor an sform"):
+    nifti_io.load(path)
+  nifti_io.load(_nifti(tmp_path / "sform_only.nii.gz", np.zeros((6, 5, 4), np.int16), qform=0))
+
+
+@pytest.mark.parametrize("suffix", [".nii", ".nii.gz"])
+def test_a_header_claiming_more_voxels_than_the_file_holds_is_refused_before_allocating(
+    tmp_path, suffix):
+  header = nib.Nifti1Header()
+  header.set_data_shape((2000, 2000, 2000))  # 16 GB of int16 in a file of a few hundred bytes
+  header.set_data_dtype(np.int16)
+  header.set_qform(np.eye(4), code=1)
+  raw = header.binaryblock + b"\0" * 4 + b"\0" * 64
+  path = tmp_path / f"huge{suffix}"
+  path.write_bytes(gzip.compress(raw) if suffix.endswith(".gz") else raw)
+  with pytest.raises(nifti_io.CaseError, match=r"more than a \d+-byte file can hold"):
+    nifti_io.load(path)

@@ -92,8 +92,6 @@ def convert_case(case: layouts.Case, spec: datasets.DatasetSpec, spacing=1.5, *,
     raise CaseError(f"{case.image}: unsupported voxel type {image.dtype}")
   original_shape, original_affine = image.shape, affine
   label, names = _load_label(case, spec, image.shape, affine)
-  if image.dtype.kind == "f" and not np.all(np.isfinite(image)):
-    raise CaseError(f"{case.image}: {int(np.sum(~np.isfinite(image)))} NaN or infinite voxels")
 
   # The image exactly as prediction prepares a scan; the label resampled on the same grid.
   image01, new_affine = preprocess.prepare_image(image, affine, spacing)

@@ -65,8 +65,8 @@ def load(path: str | os.PathLike, *, dtype=None) -> tuple[np.ndarray, np.ndarray
   if data.dtype.kind == "f":
     bad = data.size - int(np.count_nonzero(np.isfinite(data)))
     if bad:
-      raise CaseError(f"{path}: {bad} voxels are NaN or infinite; a prediction from them would "
-                      "be silently wrong")
+      raise CaseError(f"{path}: {bad} NaN or infinite voxels (a prediction from them would be "
+                      "silently wrong)")
   if dtype is not None:
     data = data.astype(dtype, copy=False)
   return data, affine

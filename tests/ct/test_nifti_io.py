@@ -93,7 +93,7 @@ def test_non_finite_voxels_are_refused(tmp_path, suffix):
   data = np.zeros((6, 5, 4), np.float32)
   data[1, 2, 3], data[0, 0, 0] = np.nan, np.inf
   path = _nifti(tmp_path / f"nan{suffix}", data)
-  with pytest.raises(nifti_io.CaseError, match=r"2 voxels are NaN or infinite"):
+  with pytest.raises(nifti_io.CaseError, match=r"2 NaN or infinite voxels"):
     nifti_io.load(path)
 
 

@@ -4,6 +4,7 @@
   bitmask         a voxel's classes as one int: pack/unpack (NumPy and jax), per-class boxes
   datasets        each public dataset's label mapping (data), `validate`, `register`
   nifti_io        NIfTI load/save (atomic), reorientation to RAS
+  label_tables    the class names and colours of label maps for viewers (Slicer, ITK-SNAP, JSON)
   resample        resampling to a spacing and back to the original grid (conversion, prediction)
   preprocess      HU window, label mapping (host organs, left/right split), body crop
   layouts         finding (image, label) pairs in each dataset's own folder layout

@@ -49,7 +49,7 @@ import ml_collections
 import numpy as np
 
 from dassemble_jax import atomic, progress
-from dassemble_jax.ct import convert, preprocess, taxonomy
+from dassemble_jax.ct import convert, label_tables, preprocess, taxonomy
 from dassemble_jax.data import arrayrecord_io
 from dassemble_jax.jobs import universal as universal_job
 from dassemble_jax.segmentation import (
@@ -327,11 +327,7 @@ def _case_rows(path: str) -> list[dict]:
 
 
 def _write_viewer_files(nifti_dir: str) -> None:
-  atomic.write_text(os.path.join(nifti_dir, "labels.ctbl"), completion.slicer_color_table())
-  atomic.write_text(os.path.join(nifti_dir, "labels_itksnap.txt"),
-                    completion.itksnap_label_file())
-  atomic.write_json(os.path.join(nifti_dir, "classes.json"),
-                    {"0": "background", **{str(c.id): c.name for c in taxonomy.CLASSES}})
+  label_tables.write_viewer_files(nifti_dir)
 
 
 def _write_completed_shards(shard_dir: str, manifest: dict, splits, workdir: str,
@@ -402,7 +398,7 @@ def _review_overlays(workdir: str, ranked: list[dict], n: int) -> list[str]:
   import matplotlib.pyplot as plt
 
   view = lambda a: np.flip(np.swapaxes(a, 0, 1), axis=(0, 1))  # radiological view, as reports
-  colours = completion.palette().astype(np.float32) / 255.0
+  colours = label_tables.palette().astype(np.float32) / 255.0
   written = []
   for r in ranked[:n]:
     path = os.path.join(workdir, "cases", r["source"], r["split"], f"{r['case']}.npz")

@@ -19,8 +19,7 @@ from `ensemble.py`. For one case and one class its source does not annotate:
   label gives to another class (lesions may still lie inside their host organ); a class below
   the threshold stays unknown (its bit cleared, its `annotated` entry 0), never background.
 * `review_order`: case x class rows ranked by need of review (lowest confidence first).
-* `slicer_color_table`, `itksnap_label_file`: the label maps' class names for 3D Slicer and
-  ITK-SNAP.
+The completed label maps' class names for viewers are `ct.label_tables`'.
 """
 
 from __future__ import annotations
@@ -140,39 +139,3 @@ def review_order(rows: Sequence[Mapping[str, Any]]) -> list[dict]:
   key = lambda r: (float(r["confidence"]), -float(r["disagreement"]),
                    -float(r["uncertain_fraction"]), str(r["case"]), str(r["class"]))
   return [{"rank": i + 1, **r} for i, r in enumerate(sorted(rows, key=key))]
-
-
-# ------------------------------------------------------------------------------------------------
-# Class names for viewers.
-
-
-def palette(num_classes: int = taxonomy.NUM_CLASSES) -> np.ndarray:
-  """(num_classes + 1, 3) uint8 colours; row 0 (background) black. Deterministic."""
-  rng = np.random.default_rng(17)
-  colours = rng.integers(40, 256, (num_classes + 1, 3)).astype(np.uint8)
-  colours[0] = 0
-  return colours
-
-
-def slicer_color_table() -> str:
-  """A 3D Slicer color table (.ctbl): 'value name R G B A' per line, value = universal id."""
-  colours = palette()
-  lines = ["# 3D Slicer color table: universal class ids of dassemble_jax (label map values)"]
-  lines.append("0 background 0 0 0 0")
-  for c in taxonomy.CLASSES:
-    r, g, b = colours[c.id]
-    lines.append(f"{c.id} {c.name} {r} {g} {b} 255")
-  return "\n".join(lines) + "\n"
-
-
-def itksnap_label_file() -> str:
-  """An ITK-SNAP label description file (IDX R G B A VIS MSH "LABEL" per line)."""
-  colours = palette()
-  lines = ["################################################",
-           "# ITK-SnAP Label Description File: dassemble_jax universal class ids",
-           "################################################",
-           '    0     0    0    0        0  0  0    "Clear Label"']
-  for c in taxonomy.CLASSES:
-    r, g, b = colours[c.id]
-    lines.append(f'{c.id:5d} {r:5d} {g:4d} {b:4d}        1  1  1    "{c.display_name}"')
-  return "\n".join(lines) + "\n"

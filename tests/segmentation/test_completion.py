@@ -84,17 +84,6 @@ def test_review_order():
   assert [r["rank"] for r in ranked] == [1, 2, 3]
 
 
-def test_viewer_files():
-  ctbl = [line.split() for line in completion.slicer_color_table().splitlines()
-          if not line.startswith("#")]
-  assert len(ctbl) == 33 and ctbl[0][:2] == ["0", "background"]
-  assert [(int(r[0]), r[1]) for r in ctbl[1:]] == [(c.id, c.name) for c in taxonomy.CLASSES]
-  assert all(len(r) == 6 and all(0 <= int(v) <= 255 for v in r[2:]) for r in ctbl)
-  itk = [line for line in completion.itksnap_label_file().splitlines()
-         if not line.startswith("#")]
-  assert len(itk) == 33 and itk[27].split()[0] == "27" and '"Liver Tumor"' in itk[27]
-
-
 def test_study_tables_statistics():
   """Rank correlation and the paired comparison against hand / independent computations."""
   rng = np.random.default_rng(0)

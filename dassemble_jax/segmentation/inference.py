@@ -30,10 +30,14 @@ inside the bounding box of voxels above -175 HU, as MONAI's CropForegroundd; zer
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import pathlib
+import shutil
 import time
+import uuid
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -41,7 +45,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dassemble_jax.ct import bitmask, nifti_io, preprocess, resample
+from dassemble_jax import atomic
+from dassemble_jax.ct import bitmask, label_tables, nifti_io, preprocess, resample, taxonomy
 from dassemble_jax.ct.nifti_io import CaseError
 from dassemble_jax.segmentation import postprocess as pp
 from dassemble_jax.segmentation import sliding_window as sw
@@ -78,40 +83,69 @@ def save_label_map(path: str | os.PathLike, labels: np.ndarray, affine: np.ndarr
 
 def save_per_class(directory: str | os.PathLike, masks: np.ndarray, affine: np.ndarray,
                    class_names: Sequence[str], *, compress: bool = True,
-                   skip_empty: bool = False) -> list[pathlib.Path]:
+                   skip_empty: bool = False, class_bits: Sequence[int] | None = None
+                   ) -> list[pathlib.Path]:
   """One uint8 0/1 NIfTI per class, `{directory}/{name}.nii.gz` (or `.nii` uncompressed).
 
   `masks`: (X, Y, Z, C) bool, or packed (X, Y, Z) unsigned ints, bit k = channel k
-  (`ct.bitmask.pack`). Fast by construction (1.06 -> 0.013 s a file at 512 x 512 x 300,
+  (`ct.bitmask.pack`). `class_bits`: the bit (channel) of each name (default: name k is bit k).
+  Fast by construction (1.06 -> 0.013 s a file at 512 x 512 x 300,
   benchmarks/per_class_write.md; the anchor took ~6 s): every class's bounding box comes from
   three projections of all classes at once, only the box is read out of `masks` into one reused
   Fortran-ordered (NIfTI's x-fastest) uint8 volume that is zero elsewhere, and the file is
-  deflated with ISA-L (`nifti_io.save`). Each file is written atomically.
+  deflated with ISA-L (`nifti_io.save`).
+
+  The set appears whole or not at all: the files are written into a temporary folder beside
+  `directory`, which is renamed onto it at the end (an older set under that name is replaced
+  only then); a failure (a full disk) removes the temporary folder and leaves no partial set.
   """
   masks = np.asarray(masks)
   packed = masks.ndim == 3 and masks.dtype.kind == "u"
-  if packed and len(class_names) > 8 * masks.itemsize:
+  bits = list(range(len(class_names))) if class_bits is None else [int(b) for b in class_bits]
+  if len(bits) != len(class_names):
+    raise ValueError(f"{len(bits)} class bits for {len(class_names)} class names")
+  width = 8 * masks.itemsize if packed else masks.shape[-1]
+  if packed and max(bits, default=0) >= width:
     raise ValueError(f"{len(class_names)} class names for {8 * masks.itemsize}-bit masks")
-  if not packed and (masks.ndim != 4 or masks.shape[-1] != len(class_names)):
+  if not packed and (masks.ndim != 4 or (class_bits is None and width != len(class_names))
+                     or max(bits, default=0) >= width):
     raise ValueError(f"masks {masks.shape} do not match {len(class_names)} class names")
   directory = pathlib.Path(directory)
-  directory.mkdir(parents=True, exist_ok=True)
+  directory.parent.mkdir(parents=True, exist_ok=True)
+  tmp = directory.with_name(f".{directory.name}.{uuid.uuid4().hex[:8]}.tmp")
+  tmp.mkdir()
   suffix = ".nii.gz" if compress else ".nii"
-  boxes = bitmask.class_boxes(masks, len(class_names))
-  volume = np.zeros(masks.shape[:3], np.uint8, order="F")
-  written = []
-  for k, name in enumerate(class_names):
-    box = boxes[k]
-    if box is None and skip_empty:
-      continue
-    if box is not None:
-      part = masks[box]
-      volume[box] = (part >> part.dtype.type(k)) & 1 if packed else part[..., k]
-    nifti_io.save(directory / f"{name}{suffix}", volume, affine)
-    if box is not None:
-      volume[box] = 0  # the buffer is all zeros again for the next class
-    written.append(directory / f"{name}{suffix}")
-  return written
+  try:
+    boxes = bitmask.class_boxes(masks, width)
+    volume = np.zeros(masks.shape[:3], np.uint8, order="F")
+    names = []
+    for name, k in zip(class_names, bits):
+      box = boxes[k]
+      if box is None and skip_empty:
+        continue
+      if box is not None:
+        part = masks[box]
+        volume[box] = (part >> part.dtype.type(k)) & 1 if packed else part[..., k]
+      nifti_io.save(tmp / f"{name}{suffix}", volume, affine)
+      if box is not None:
+        volume[box] = 0  # the buffer is all zeros again for the next class
+      names.append(f"{name}{suffix}")
+    _replace_folder(tmp, directory)
+  finally:
+    if tmp.exists():
+      shutil.rmtree(tmp, ignore_errors=True)
+  return [directory / n for n in names]
+
+
+def _replace_folder(tmp: pathlib.Path, directory: pathlib.Path) -> None:
+  """Renames folder `tmp` onto `directory`, an existing one (an older run's) moved aside first."""
+  if directory.is_dir():
+    old = directory.with_name(f".{directory.name}.{uuid.uuid4().hex[:8]}.old")
+    os.replace(directory, old)
+    os.replace(tmp, directory)
+    shutil.rmtree(old, ignore_errors=True)
+  else:
+    os.replace(tmp, directory)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -276,12 +310,52 @@ def case_name(path: pathlib.Path) -> str:
   return path.stem
 
 
+class OutputError(ValueError):
+  """An output cannot be written (read-only folder, full disk, a file where a folder must be);
+  the message names the output and the problem."""
+
+
 @dataclasses.dataclass
 class ScanResult:
-  """What predict_file wrote and how long each stage took (seconds)."""
-  label_map: pathlib.Path
+  """What predict_file wrote and how long each stage took (seconds).
+
+  A folder run that keeps going (`predict_paths(keep_going=True)`) reports a scan that failed
+  as a ScanResult with `error` set (one line naming the file and the problem) and nothing
+  written for it.
+  """
+  label_map: pathlib.Path | None
   per_class: list[pathlib.Path]
   timings: dict[str, float]
+  input: pathlib.Path | None = None
+  sidecar: pathlib.Path | None = None            # <case>.json: classes, input, warnings
+  statistics: list[pathlib.Path] = dataclasses.field(default_factory=list)  # JSON, CSV
+  preview: pathlib.Path | None = None            # <case>.png
+  warnings: list[str] = dataclasses.field(default_factory=list)
+  error: str | None = None
+
+
+def output_stem(out_path: str | os.PathLike) -> pathlib.Path:
+  """'OUT/case_001.nii.gz' -> 'OUT/case_001': the sidecars' common prefix."""
+  out_path = pathlib.Path(out_path)
+  return out_path.with_name(case_name(out_path))
+
+
+@contextlib.contextmanager
+def _writing(target: str | os.PathLike) -> Iterator[None]:
+  """OSError while writing `target` -> OutputError '<target>: cannot write it (<problem>)'."""
+  try:
+    yield
+  except OSError as e:
+    problem = e.strerror or str(e)
+    raise OutputError(f"{target}: cannot write it ({problem})") from e
+
+
+def remap_bits(bits: np.ndarray, channel_ids: Sequence[int]) -> np.ndarray:
+  """(X, Y, Z) packed masks, bit j = channel j -> uint32 bits of universal ids (bit id - 1)."""
+  out = np.zeros(bits.shape, np.uint32)
+  for j, cid in enumerate(channel_ids):
+    out |= ((bits >> bits.dtype.type(j)) & 1).astype(np.uint32) << np.uint32(cid - 1)
+  return out
 
 
 def predict_file(apply_fn: Callable[[Any, jax.Array], jax.Array], in_path: str | os.PathLike,
@@ -289,66 +363,187 @@ def predict_file(apply_fn: Callable[[Any, jax.Array], jax.Array], in_path: str |
                  spacing: float | Sequence[float] = 1.5, class_names: Sequence[str] | None = None,
                  per_class_dir: str | os.PathLike | None = None, compress: bool = True,
                  resample_rule: str = "round", crop_foreground: bool = False,
+                 channel_ids: Sequence[int] | None = None,
+                 report_ids: Sequence[int] | None = None, sidecar: bool = False,
+                 statistics: bool = False, preview: bool = False,
                  **predict_kwargs) -> ScanResult:
   """One scan end to end: read, predict in the model grid, write in the file's grid.
 
   The label map (uint8 universal ids, lesions over organs) goes to `out_path`; with
-  `per_class_dir`, one 0/1 file per class too (needs `class_names`, one per output channel).
+  `per_class_dir`, one 0/1 file per class too (needs `class_names`, one per universal id).
   `resample_rule` ('round' | 'monai') and `crop_foreground`: see the module docstring.
+
+  Args:
+    channel_ids: the universal id of each of `apply_fn`'s output channels, when it computes a
+      subset of the classes (`trained_run`'s `--classes`); None: channel k is id k + 1.
+      `thresholds` are per channel. The post-processing runs on the universal ids.
+    report_ids: the classes kept, written and reported (default: `channel_ids`, or all);
+      others computed only for the post-processing (a lesion's host organ) are dropped.
+    sidecar: write `<case>.json` beside the label map: class names and ids, the input, the
+      classes found and any warning raised while reading or predicting the scan.
+    statistics: write `<case>.statistics.json` and `.csv` (`scan_statistics`).
+    preview: write `<case>.png` (`preview`): axial/coronal/sagittal overlays.
+  Raises CaseError for an unreadable input, OutputError for an output that cannot be written.
   """
   if resample_rule not in ("round", "monai"):
     raise ValueError(f"resample_rule must be 'round' or 'monai', got {resample_rule!r}")
   timings = {}
   start = time.perf_counter()
-  volume, affine, _ = load_nifti_for_prediction(in_path, dtype=None)
-  original = Grid(tuple(volume.shape), affine)
-  to_grid = to_model_grid_monai if resample_rule == "monai" else to_model_grid
-  model_volume, model_grid = to_grid(volume, affine, spacing)
-  del volume
-  timings["load_resample"] = time.perf_counter() - start
+  with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    volume, affine, _ = load_nifti_for_prediction(in_path, dtype=None)
+    original = Grid(tuple(volume.shape), affine)
+    to_grid = to_model_grid_monai if resample_rule == "monai" else to_model_grid
+    model_volume, model_grid = to_grid(volume, affine, spacing)
+    if not (statistics or preview):
+      del volume
+    timings["load_resample"] = time.perf_counter() - start
 
-  start = time.perf_counter()
-  box = foreground_box(model_volume) if crop_foreground else None
-  if box is not None:
-    corner = np.eye(4)
-    corner[:3, 3] = [b.start for b in box]
-    inner_affine = model_grid.affine @ corner
-    inner = np.ascontiguousarray(model_volume[box])
-  else:
-    inner_affine, inner = model_grid.affine, model_volume
-  # Packed masks (X, Y, Z) uint32 when the model has <= 32 classes, else (X, Y, Z, C) bool.
-  masks = predict_volume(apply_fn, inner, params=params, affine=inner_affine,
-                         packed=None, **predict_kwargs)
-  if box is not None:  # zero outside the foreground box (MONAI inverts its crop by padding)
-    full = np.zeros(model_grid.shape + masks.shape[3:], masks.dtype)
-    full[box] = masks
-    masks = full
-  timings["predict"] = time.perf_counter() - start
-
+    start = time.perf_counter()
+    box = foreground_box(model_volume) if crop_foreground else None
+    if box is not None:
+      corner = np.eye(4)
+      corner[:3, 3] = [b.start for b in box]
+      inner_affine = model_grid.affine @ corner
+      inner = np.ascontiguousarray(model_volume[box])
+    else:
+      inner_affine, inner = model_grid.affine, model_volume
+    post_kwargs = {}
+    if channel_ids is not None:
+      # A subset of the classes: threshold packed, move the bits to their universal ids, then
+      # the post-processing (which names classes by id).
+      post_kwargs = {k: predict_kwargs.pop(k) for k in list(predict_kwargs)
+                     if k not in _VOLUME_KWARGS}
+      post = predict_kwargs.pop("postprocess", True)
+      masks = predict_volume(apply_fn, inner, params=params, affine=inner_affine,
+                             packed=True, postprocess=False, **predict_kwargs)
+      masks = remap_bits(masks, channel_ids)
+      if post:
+        masks = pp.postprocess_bits(masks, taxonomy.NUM_CLASSES, inner_affine, copy=False,
+                                    **post_kwargs)
+    else:
+      # Packed masks (X, Y, Z) uint32 when the model has <= 32 classes, else (X, Y, Z, C) bool.
+      masks = predict_volume(apply_fn, inner, params=params, affine=inner_affine,
+                             packed=None, **predict_kwargs)
+    if box is not None:  # zero outside the foreground box (MONAI inverts its crop by padding)
+      full = np.zeros(model_grid.shape + masks.shape[3:], masks.dtype)
+      full[box] = masks
+      masks = full
+    del model_volume, inner
+    timings["predict"] = time.perf_counter() - start
   start = time.perf_counter()
   packed = masks.ndim == 3
+  ids = list(report_ids if report_ids is not None else channel_ids if channel_ids is not None
+             else range(1, (masks.shape[-1] if not packed else taxonomy.NUM_CLASSES) + 1))
+  if packed and (report_ids is not None or channel_ids is not None):
+    keep = np.uint32(sum(1 << (i - 1) for i in ids))
+    masks &= keep  # host organs computed for the post-processing only
   labels = pp.bits_to_label_map(masks) if packed else pp.masks_to_label_map(masks)
-  save_label_map(out_path, to_original_grid(labels, model_grid, original), affine)
+  file_labels = to_original_grid(labels, model_grid, original)
+  with _writing(out_path):
+    save_label_map(out_path, file_labels, affine)
   written = []
+  need_bits = per_class_dir is not None or statistics
+  file_masks = to_original_grid(masks, model_grid, original) if need_bits else None
   if per_class_dir is not None:
-    # (Packed masks do not say how many channels the model has: at least every class present.)
-    present = int(np.bitwise_or.reduce(masks, axis=None)).bit_length() if packed else None
-    if class_names is None or (len(class_names) != masks.shape[-1] if not packed
-                               else len(class_names) < present):
-      raise ValueError("per-class output needs class names, one per output channel")
+    if class_names is None or len(class_names) < max(ids):
+      raise ValueError("per-class output needs class names, one per universal id")
     # One gather for all classes (packed: 4 bytes a voxel), then one file per class.
-    written = save_per_class(per_class_dir, to_original_grid(masks, model_grid, original),
-                             affine, class_names, compress=compress)
+    with _writing(per_class_dir):
+      written = save_per_class(per_class_dir, file_masks, affine,
+                               [class_names[i - 1] for i in ids], compress=compress,
+                               class_bits=[i - 1 for i in ids])
+  stem = output_stem(out_path)
+  result = ScanResult(pathlib.Path(out_path), written, timings, input=pathlib.Path(in_path),
+                      warnings=[f"{in_path}: {w.message}" for w in caught])
+  if statistics:
+    from dassemble_jax.segmentation import scan_statistics
+    bits = file_masks if packed else bitmask.pack(file_masks)
+    rows = scan_statistics.class_statistics(bits, volume, affine, ids)
+    result.statistics = [stem.with_name(stem.name + ".statistics.json"),
+                         stem.with_name(stem.name + ".statistics.csv")]
+    with _writing(result.statistics[0]):
+      scan_statistics.write(*result.statistics, rows, input=str(in_path),
+                            label_map=str(out_path))
+  if preview:
+    from dassemble_jax.segmentation import preview as preview_png
+    result.preview = stem.with_name(stem.name + ".png")
+    with _writing(result.preview):
+      preview_png.write_preview(result.preview, volume, file_labels, affine,
+                                title=pathlib.Path(in_path).name)
+  if sidecar:
+    result.sidecar = stem.with_name(stem.name + ".json")
+    found = sorted(int(i) for i in np.unique(file_labels) if i)
+    with _writing(result.sidecar):
+      atomic.write_json(result.sidecar, {
+          "input": str(in_path), "label_map": pathlib.Path(out_path).name,
+          "classes": {str(i): taxonomy.CLASSES[i - 1].name for i in ids},
+          "label_values": label_tables.class_names(),
+          "found": {str(i): taxonomy.CLASSES[i - 1].name for i in found},
+          "viewer_files": [label_tables.SLICER_FILE, label_tables.ITKSNAP_FILE],
+          "warnings": result.warnings})
   timings["write"] = time.perf_counter() - start
-  return ScanResult(pathlib.Path(out_path), written, timings)
+  return result
+
+
+# predict_volume's own keyword arguments; the others go to the post-processing.
+_VOLUME_KWARGS = frozenset(("window", "overlap", "sw_batch_size", "sigma_scale", "thresholds",
+                            "accumulate_on", "blend", "average", "postprocess"))
+
+
+def output_names(inputs: Sequence[pathlib.Path], out_dir: str | os.PathLike
+                 ) -> list[pathlib.Path]:
+  """The label map of each input, `{out_dir}/{case}.nii.gz`; CaseError (one line naming both)
+  when two inputs would write the same one (`case.nii` and `case.nii.gz`)."""
+  out_dir = pathlib.Path(out_dir)
+  seen: dict[str, pathlib.Path] = {}
+  for path in inputs:
+    name = case_name(path)
+    if name in seen:
+      raise CaseError(f"{seen[name]} and {path} would both be written to "
+                      f"{out_dir / (name + '.nii.gz')}: rename one of them")
+    seen[name] = path
+  return [out_dir / f"{case_name(p)}.nii.gz" for p in inputs]
+
+
+def check_output_folder(out_dir: str | os.PathLike) -> pathlib.Path:
+  """Creates `out_dir` and checks that a file can be written in it; OutputError otherwise."""
+  out_dir = pathlib.Path(out_dir)
+  if out_dir.exists() and not out_dir.is_dir():
+    raise OutputError(f"{out_dir}: the output is a file, not a folder")
+  try:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    probe = out_dir / f".write_test.{uuid.uuid4().hex[:8]}"
+    probe.write_bytes(b"")
+    probe.unlink()
+  except OSError as e:
+    raise OutputError(f"{out_dir}: cannot write in this folder ({e.strerror or e})") from e
+  return out_dir
 
 
 def predict_paths(apply_fn: Callable[[Any, jax.Array], jax.Array], inputs: str | os.PathLike,
                   out_dir: str | os.PathLike, *, per_class: bool = False,
-                  class_names: Sequence[str] | None = None, **kwargs) -> Iterator[ScanResult]:
-  """predict_file over a file or a folder: `{out_dir}/{case}.nii.gz` (+ `{out_dir}/{case}/`)."""
-  out_dir = pathlib.Path(out_dir)
-  for path in find_inputs(inputs):
+                  class_names: Sequence[str] | None = None, keep_going: bool = False,
+                  **kwargs) -> Iterator[ScanResult]:
+  """predict_file over a file or a folder: `{out_dir}/{case}.nii.gz` (+ `{out_dir}/{case}/`),
+  the `<case>.json` sidecars and, once per folder, the viewer files (`ct.label_tables`).
+
+  Checked before any scan: the inputs exist, no two give the same output name, the output
+  folder can be written. `keep_going`: a scan that cannot be read or written is reported as a
+  ScanResult with `error` and the run goes on with the next one (default: the error is raised).
+  """
+  paths = find_inputs(inputs)
+  outputs = output_names(paths, out_dir)
+  out_dir = check_output_folder(out_dir)
+  with _writing(out_dir / label_tables.SLICER_FILE):
+    label_tables.write_viewer_files(out_dir)
+  kwargs.setdefault("sidecar", True)
+  for path, out in zip(paths, outputs):
     name = case_name(path)
-    yield predict_file(apply_fn, path, out_dir / f"{name}.nii.gz", class_names=class_names,
-                       per_class_dir=(out_dir / name) if per_class else None, **kwargs)
+    try:
+      yield predict_file(apply_fn, path, out, class_names=class_names,
+                         per_class_dir=(out_dir / name) if per_class else None, **kwargs)
+    except (CaseError, OutputError) as e:
+      if not keep_going:
+        raise
+      yield ScanResult(None, [], {}, input=path, error=str(e))

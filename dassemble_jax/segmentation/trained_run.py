@@ -31,8 +31,8 @@ from flax import nnx
 from dassemble_jax import atomic, checkpointing
 from dassemble_jax.ct import taxonomy
 from dassemble_jax.data import arrayrecord_io
-from dassemble_jax.models import text_encoder
-from dassemble_jax.segmentation import inference, train_step
+from dassemble_jax.models import text_encoder, universal_head
+from dassemble_jax.segmentation import inference, postprocess, train_step
 from dassemble_jax.segmentation.inference_spec import InferenceSpec
 from dassemble_jax.synth import training as synth_training
 
@@ -173,10 +173,59 @@ def _apply(eval_def, dtype, variables, windows):
   return model(windows.astype(dtype), table).astype(jnp.float32)
 
 
+def _apply_subset(eval_def, dtype, channels, variables, windows):
+  """`_apply` for the classes `channels` (0-based) only: logits (n, ..., len(channels)).
+
+  The backbone and the controller run as usual (the controller's 32 x 153 parameters are
+  negligible); only the selected classes' dynamic heads, which run at full resolution with 8
+  hidden channels per class, are evaluated, and the sliding window accumulates only theirs.
+  """
+  params, batch_stats, table = variables
+  model = nnx.merge(eval_def, params, batch_stats)
+  f, theta = model.head_inputs(windows.astype(dtype), table)
+  heads = universal_head.HEAD_IMPLS[model.head.head_impl]
+  return heads(f, theta[:, np.asarray(channels)]).astype(jnp.float32)
+
+
 @functools.lru_cache(maxsize=8)
-def apply_fn_for(eval_def, dtype_name: str):
-  """One (hashable) apply function per model graph, so every volume reuses the compilation."""
-  return functools.partial(_apply, eval_def, jnp.dtype(dtype_name))
+def apply_fn_for(eval_def, dtype_name: str, channels: tuple[int, ...] | None = None):
+  """One (hashable) apply function per model graph, so every volume reuses the compilation;
+  `channels` (0-based class indices): only those classes' heads."""
+  if channels is None:
+    return functools.partial(_apply, eval_def, jnp.dtype(dtype_name))
+  return functools.partial(_apply_subset, eval_def, jnp.dtype(dtype_name), tuple(channels))
+
+
+class ClassSelectionError(ValueError):
+  """`--classes` names an unknown class or one the model was never trained on."""
+
+
+def select_classes(names: Sequence[str], trained: np.ndarray) -> tuple[list[int], list[int]]:
+  """Class names -> (the universal ids asked for, the ids to compute).
+
+  The computed ids add what the post-processing of an asked class reads: a kidney or liver
+  lesion's host organ(s) (lesions are kept inside them) and the other lung (the two lungs are
+  split as a pair). Only trained classes are added; asking for an untrained one is an error.
+  """
+  asked = []
+  for name in names:
+    if name not in taxonomy.BY_NAME:
+      raise ClassSelectionError(f"--classes: unknown class {name!r} (the classes: "
+                                f"{', '.join(CLASS_NAMES)})")
+    cid = taxonomy.BY_NAME[name].id
+    if not trained[cid - 1]:
+      raise ClassSelectionError(f"--classes: the model was never trained on {name!r} (it "
+                                "predicts: " + ", ".join(
+                                    CLASS_NAMES[i] for i in np.flatnonzero(trained)) + ")")
+    if cid not in asked:
+      asked.append(cid)
+  computed = set(asked)
+  for cid in asked:
+    if cid in postprocess.HOST_FILTER_IDS:
+      computed |= set(postprocess.host_ids(cid))
+    if cid in taxonomy.PAIRS["lung"]:
+      computed |= set(taxonomy.PAIRS["lung"])
+  return sorted(asked), sorted(i for i in computed if trained[i - 1])
 
 
 def host_variables(state: Mapping[str, Any], table: np.ndarray, device=None):
@@ -194,20 +243,39 @@ class LoadedModel:
   apply_fn: Any
   variables: Any
   step: int
+  eval_def: Any = None  # the model graph (`apply_fn_for` builds class-subset functions on it)
+
+  def _subset(self, classes: Sequence[str] | None, spec: InferenceSpec) -> dict:
+    """predict_file arguments for a class subset (`select_classes`): its own apply function,
+    thresholds and channel/report ids; {} for all classes."""
+    if not classes:
+      return {}
+    asked, computed = select_classes(classes, spec.trained_mask)
+    channels = tuple(i - 1 for i in computed)
+    return {"apply_fn": apply_fn_for(self.eval_def, spec.dtype, channels),
+            "thresholds": spec.thresholds[list(channels)], "channel_ids": computed,
+            "report_ids": asked}
 
   def predict_paths(self, inputs, output, *, per_class: bool = False,
+                    classes: Sequence[str] | None = None, keep_going: bool = False,
+                    statistics: bool = False, preview: bool = False,
                     **spec_overrides) -> Iterator[inference.ScanResult]:
-    """A NIfTI file or folder -> OUTPUT/<case>.nii.gz (+ OUTPUT/<case>/<class>.nii.gz)."""
+    """A NIfTI file or folder -> OUTPUT/<case>.nii.gz (+ OUTPUT/<case>/<class>.nii.gz), the
+    sidecars (`inference.predict_paths`); `classes`: only these (their heads alone computed)."""
     spec = self.spec.replace(**spec_overrides)
-    return inference.predict_paths(self.apply_fn, inputs, output, per_class=per_class,
+    kwargs = {"apply_fn": self.apply_fn, **spec.file_kwargs(), **self._subset(classes, spec)}
+    return inference.predict_paths(kwargs.pop("apply_fn"), inputs, output, per_class=per_class,
                                    class_names=CLASS_NAMES, params=self.variables,
-                                   **spec.file_kwargs())
+                                   keep_going=keep_going, statistics=statistics,
+                                   preview=preview, **kwargs)
 
-  def predict_file(self, in_path, out_path, **spec_overrides) -> inference.ScanResult:
+  def predict_file(self, in_path, out_path, *, classes: Sequence[str] | None = None,
+                   **spec_overrides) -> inference.ScanResult:
     """One scan to an explicit output path (for inputs whose file names repeat, e.g. KiTS)."""
     spec = self.spec.replace(**spec_overrides)
-    return inference.predict_file(self.apply_fn, in_path, out_path, params=self.variables,
-                                  class_names=CLASS_NAMES, **spec.file_kwargs())
+    kwargs = {"apply_fn": self.apply_fn, **spec.file_kwargs(), **self._subset(classes, spec)}
+    return inference.predict_file(kwargs.pop("apply_fn"), in_path, out_path,
+                                  params=self.variables, class_names=CLASS_NAMES, **kwargs)
 
 
 def load_model(workdir: str, checkpoint: str = "best", **spec_overrides) -> LoadedModel:
@@ -217,4 +285,4 @@ def load_model(workdir: str, checkpoint: str = "best", **spec_overrides) -> Load
   return LoadedModel(config=run.config, spec=spec,
                      apply_fn=apply_fn_for(run.compiled.eval_def, spec.dtype),
                      variables=host_variables(run.state, run.table),
-                     step=int(run.meta["step"]))
+                     step=int(run.meta["step"]), eval_def=run.compiled.eval_def)

@@ -90,8 +90,36 @@ def test_failed_write_leaves_nothing_half_written(tmp_path, monkeypatch, suffix)
     inference.save_per_class(tmp_path / "per_class", np.zeros((4, 4, 4, 2), bool), AFFINE,
                            ["a", "b"], compress=suffix == ".nii.gz")
   assert out.read_bytes() == before                     # the old file is intact
-  assert sorted(os.listdir(tmp_path)) == [f"case{suffix}", "per_class"]
-  assert os.listdir(tmp_path / "per_class") == []       # no temporary or partial file
+  # No per-class folder, no temporary folder or file: the set is all or nothing.
+  assert sorted(os.listdir(tmp_path)) == [f"case{suffix}"]
+
+
+def test_per_class_set_on_a_full_disk_is_all_or_nothing(tmp_path, monkeypatch):
+  """The writer fails (ENOSPC) on the 3rd of 5 files: no partial set appears, an older set under
+  the same name stays whole; a later complete write replaces it at once."""
+  import errno
+  masks = np.random.default_rng(3).random((6, 5, 4, 5)) < 0.5
+  names = [f"c{k}" for k in range(5)]
+  old = inference.save_per_class(tmp_path / "case", masks[..., ::-1], AFFINE, names)
+  real_save, calls = nifti_io.save, []
+
+  def full_disk(path, data, affine):
+    calls.append(path)
+    if len(calls) == 3:
+      raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+    real_save(path, data, affine)
+
+  monkeypatch.setattr(nifti_io, "save", full_disk)
+  with pytest.raises(OSError, match="No space left"):
+    inference.save_per_class(tmp_path / "case", masks, AFFINE, names)
+  assert len(calls) == 3 and sorted(os.listdir(tmp_path)) == ["case"]
+  for k, p in enumerate(old):  # the older set, untouched
+    np.testing.assert_array_equal(np.asanyarray(nib.load(str(p)).dataobj), masks[..., 4 - k])
+  monkeypatch.setattr(nifti_io, "save", real_save)
+  new = inference.save_per_class(tmp_path / "case", masks, AFFINE, names)
+  assert sorted(os.listdir(tmp_path)) == ["case"] and len(new) == 5
+  for k, p in enumerate(new):
+    np.testing.assert_array_equal(np.asanyarray(nib.load(str(p)).dataobj), masks[..., k])
 
 
 @pytest.mark.parametrize("compress", [True, False])

@@ -5,29 +5,59 @@ otherwise), then runs the job the config names. Tests and notebooks call the job
 directly, never this module.
 """
 
+import os
 import sys
 
 import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
-                                          lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints, logs and results go here.")
-_COORDINATOR = flags.DEFINE_string("coordinator_address", None,
-                                   "host:port of process 0 (multi-process runs without a cluster "
-                                   "manager); also needs --num_processes and --process_id.")
-_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Total processes.")
-_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
-_DISTRIBUTED = flags.DEFINE_enum("distributed", "auto", ["auto", "on", "off"],
-                                 "'auto': initialise when a cluster (Cloud TPU, SLURM) or a "
-                                 "coordinator is detected; 'on': always; 'off': single process.")
+from dassemble_jax import cli
+
+
+def define_flags(flag_values: flags.FlagValues = flags.FLAGS, sys_argv=None) -> dict:
+  """main's flags on `flag_values` (tests use a fresh FlagValues and pass their argv)."""
+  def kw(**k):
+    return {"flag_values": flag_values, **k}
+  return {
+      "config": config_flags.DEFINE_config_file("config", None, "Experiment config file.",
+                                                lock_config=True, sys_argv=sys_argv, **kw()),
+      "workdir": flags.DEFINE_string("workdir", None, "Checkpoints, logs and results go here.",
+                                     **kw()),
+      "coordinator_address": flags.DEFINE_string(
+          "coordinator_address", None, "host:port of process 0 (multi-process runs without a "
+          "cluster manager); also needs --num_processes and --process_id.", **kw()),
+      "num_processes": flags.DEFINE_integer("num_processes", None, "Total processes.", **kw()),
+      "process_id": flags.DEFINE_integer("process_id", None, "This process's index.", **kw()),
+      "distributed": flags.DEFINE_enum(
+          "distributed", "auto", ["auto", "on", "off"], "'auto': initialise when a cluster "
+          "(Cloud TPU, SLURM) or a coordinator is detected; 'on': always; 'off': single process.",
+          **kw()),
+      "debug": cli.define_debug_flag(flag_values),
+  }
+
+
+_FLAGS = define_flags()
+
+
+def parse_flags(argv: list[str], flag_values: flags.FlagValues = flags.FLAGS) -> list[str]:
+  """Flags parsed; any config error (missing file, failing import, bad variant, unknown field,
+  wrong type, no --workdir) raises cli.UserError naming the config file and the problem."""
+  rest = cli.parse_config_flags(argv, flag_values, required=["workdir"])
+  if len(rest) > 1:
+    raise cli.UserError(f"unexpected arguments: {rest[1:]}")
+  workdir = flag_values["workdir"].value
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise cli.UserError(f"{workdir}: --workdir exists and is not a folder")
+  return rest
 
 
 def _init_distributed() -> None:
   from dassemble_jax import distributed
-  distributed.initialize(mode=_DISTRIBUTED.value, coordinator_address=_COORDINATOR.value,
-                         num_processes=_NUM_PROCESSES.value, process_id=_PROCESS_ID.value)
+  distributed.initialize(mode=_FLAGS["distributed"].value,
+                         coordinator_address=_FLAGS["coordinator_address"].value,
+                         num_processes=_FLAGS["num_processes"].value,
+                         process_id=_FLAGS["process_id"].value)
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
@@ -46,19 +76,23 @@ def _user_errors() -> tuple[type[BaseException], ...]:
           FetchError, InitFromError, ModelDirError, WorkdirBusyError)
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+def main(argv) -> int:
+  del argv  # parse_flags refused extra arguments
   # Orbax logs every save and restore at INFO; our own progress lines are what people read.
   logging.set_verbosity(logging.WARNING)
   _init_distributed()
+  return run(_FLAGS["config"].value, _FLAGS["workdir"].value, debug=_FLAGS["debug"].value)
+
+
+def run(config, workdir: str, *, debug: bool = False) -> int:
+  """The job under the workdir's lock; a user error (bad data, unwritable workdir, full disk)
+  is one line and exit status 1 (its traceback with debug)."""
   from dassemble_jax import workdir_lock
-  try:
-    with workdir_lock.hold(_WORKDIR.value, enabled=jax.process_index() == 0):
-      _run_job(_CONFIG.value, _WORKDIR.value)
-  except _user_errors() as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(1)
+
+  def locked(_):
+    with workdir_lock.hold(workdir, enabled=jax.process_index() == 0):
+      _run_job(config, workdir)
+  return cli.run_main(locked, user_errors=_user_errors(), output=workdir, debug=debug)
 
 
 def _run_job(config, workdir: str) -> None:
@@ -79,10 +113,10 @@ def _run_job(config, workdir: str) -> None:
     from dassemble_jax.jobs import complete
     complete.run(config, workdir)
   else:
-    raise app.UsageError(f"unknown job {job!r} in the config")
+    raise cli.UserError(f"config.job={job!r}: unknown job; expected 'classification', "
+                        "'universal', 'universal_add_class', 'liver_synthetic' or 'complete'")
 
 
 if __name__ == "__main__":
-  flags.mark_flags_as_required(["config", "workdir"])
   jax.config.config_with_absl()
-  app.run(main)
+  app.run(lambda argv: sys.exit(main(argv)), flags_parser=cli.absl_flags_parser(parse_flags))

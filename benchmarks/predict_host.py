@@ -35,7 +35,7 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
-from dassemble_jax.ct import bitmask, nifti_io, preprocess, resample, taxonomy
+from dassemble_jax.ct import bitmask, nifti_io, preprocess, resample, scan_input, taxonomy
 from dassemble_jax.segmentation import inference
 from dassemble_jax.segmentation import postprocess as pp
 
@@ -263,7 +263,7 @@ REFERENCE["prepare"] = lambda masks: masks
 
 # What predict_file does now: the int16 scan read as is; masks packed to (X, Y, Z) uint32 (on the
 # device in predict_file, so timed apart here: "pack"), post-processed and drawn packed.
-NEW = {"load": lambda path: inference.load_nifti_for_prediction(path, dtype=None),
+NEW = {"load": lambda path: scan_input.load_for_prediction(path, dtype=None),
            "to_model_grid": inference.to_model_grid, "prepare": bitmask.pack,
            "postprocess": lambda bits, affine: pp.postprocess_bits(bits, 32, affine, copy=False),
            "label_map": pp.bits_to_label_map, "to_original_grid": inference.to_original_grid,

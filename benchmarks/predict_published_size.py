@@ -133,10 +133,11 @@ def main():
 
     # Baseline: the model alone on windows of the run's batch size, and how many windows the
     # scan needs (the same code path's geometry).
+    from dassemble_jax.ct import scan_input
     from dassemble_jax.segmentation import inference, trained_run
     from dassemble_jax.segmentation import sliding_window as sw
     model = trained_run.load_model(run_dir)
-    vol, affine, _ = inference.load_nifti_for_prediction(ct, dtype=None)
+    vol, affine, _ = scan_input.load_for_prediction(ct, dtype=None)
     grid_vol, grid = inference.to_model_grid_monai(vol, affine, model.spec.spacing)
     box = inference.foreground_box(grid_vol)
     cropped = grid_vol[box].shape

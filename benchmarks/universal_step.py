@@ -36,7 +36,7 @@ import numpy as np  # noqa: E402
 
 from configs import universal  # noqa: E402
 from dassemble_jax import sharding  # noqa: E402
-from dassemble_jax.ct import bitmask, phantom, taxonomy  # noqa: E402
+from dassemble_jax.ct import bitmask, phantom, scan_input, taxonomy  # noqa: E402
 from dassemble_jax.segmentation import trained_run  # noqa: E402
 from dassemble_jax.segmentation import postprocess as pp  # noqa: E402
 from dassemble_jax.segmentation import inference as seg_predict  # noqa: E402
@@ -152,7 +152,7 @@ def _time_file(a, c, apply_fn, kw, shape, rng) -> dict:
                            spacing=c.data.spacing, postprocess=False, **kw)
   stages = {}
   t0 = time.perf_counter()
-  volume, affine, _ = seg_predict.load_nifti_for_prediction(src, dtype=None)
+  volume, affine, _ = scan_input.load_for_prediction(src, dtype=None)
   original = seg_predict.Grid(tuple(volume.shape), affine)
   model_volume, model_grid = seg_predict.to_model_grid(volume, affine, c.data.spacing)
   del volume

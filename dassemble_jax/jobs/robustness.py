@@ -31,7 +31,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from dassemble_jax import atomic
-from dassemble_jax.ct import nifti_io, taxonomy
+from dassemble_jax.ct import nifti_io, scan_input, taxonomy
 from dassemble_jax.jobs import synth_sweep
 from dassemble_jax.segmentation import evaluate, inference, seg_metrics, trained_run
 from dassemble_jax.synth import realct
@@ -93,7 +93,7 @@ def generate_set(out: pathlib.Path, prop: str, values, cases: int, seed: int, vo
 
 def predict_tumor(loaded, ct_path: pathlib.Path) -> np.ndarray:
   """The model's liver-tumor mask (X, Y, Z) bool on the file's own grid."""
-  volume, affine, _ = inference.load_nifti_for_prediction(ct_path)
+  volume, affine, _ = scan_input.load_for_prediction(ct_path)
   original = inference.Grid(tuple(volume.shape), affine)
   model_volume, grid = inference.to_model_grid(volume, affine, loaded.spec.spacing)
   masks = inference.predict_volume(loaded.apply_fn, model_volume, params=loaded.variables,

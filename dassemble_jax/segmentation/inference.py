@@ -46,29 +46,22 @@ import jax.numpy as jnp
 import numpy as np
 
 from dassemble_jax import atomic
-from dassemble_jax.ct import bitmask, label_tables, nifti_io, preprocess, resample, taxonomy
+from dassemble_jax.ct import (
+  bitmask,
+  label_tables,
+  nifti_io,
+  preprocess,
+  resample,
+  scan_input,
+  taxonomy,
+)
 from dassemble_jax.ct.nifti_io import CaseError
+from dassemble_jax.ct.scan_input import case_name, find_inputs  # inputs: NIfTI, DICOM, zips
 from dassemble_jax.segmentation import postprocess as pp
 from dassemble_jax.segmentation import sliding_window as sw
 
-NIFTI_SUFFIXES = (".nii.gz", ".nii")
-
-
 # ---------------------------------------------------------------------------------------------
 # Reading and writing.
-
-
-def load_nifti_for_prediction(path: str | os.PathLike, dtype=np.float32
-                              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-  """Reads a CT -> (volume (X, Y, Z) float32, file orientation; affine (4, 4); spacing (3,) mm).
-
-  `dtype=None` keeps the stored type (int16 for most CTs: `to_model_grid` reads it directly,
-  sparing a float32 copy of the whole scan). Raises CaseError (a ValueError) naming the file if
-  it is unreadable, truncated, not 3D (a trailing singleton 4th axis is dropped) or has a
-  singular affine.
-  """
-  data, affine = nifti_io.load(path, dtype=dtype)
-  return data, affine, nifti_io.voxel_sizes(affine)
 
 
 def save_label_map(path: str | os.PathLike, labels: np.ndarray, affine: np.ndarray) -> None:
@@ -288,28 +281,6 @@ def _threshold_and_postprocess(probs, thresholds, affine, postprocess: bool, pac
   return bits if packed else bitmask.unpack(bits, c)
 
 
-def find_inputs(path: str | os.PathLike) -> list[pathlib.Path]:
-  """A NIfTI file, or the NIfTI files of a folder (sorted); CaseError if there are none."""
-  path = pathlib.Path(path)
-  if path.is_file():
-    return [path]
-  if path.is_dir():
-    files = sorted(p for p in path.iterdir() if p.is_file()
-                   and p.name.endswith(NIFTI_SUFFIXES) and not p.name.startswith("."))
-    if files:
-      return files
-    raise CaseError(f"{path}: no .nii or .nii.gz files in this folder")
-  raise CaseError(f"{path}: no such file or folder")
-
-
-def case_name(path: pathlib.Path) -> str:
-  """'case_001.nii.gz' -> 'case_001'."""
-  for suffix in NIFTI_SUFFIXES:
-    if path.name.endswith(suffix):
-      return path.name[:-len(suffix)]
-  return path.stem
-
-
 class OutputError(ValueError):
   """An output cannot be written (read-only folder, full disk, a file where a folder must be);
   the message names the output and the problem."""
@@ -391,7 +362,8 @@ def predict_file(apply_fn: Callable[[Any, jax.Array], jax.Array], in_path: str |
   start = time.perf_counter()
   with warnings.catch_warnings(record=True) as caught:
     warnings.simplefilter("always")
-    volume, affine, _ = load_nifti_for_prediction(in_path, dtype=None)
+    loaded = scan_input.load(in_path)  # NIfTI or DICOM, its stored dtype (int16 for most CTs)
+    volume, affine = loaded.data, loaded.affine
     original = Grid(tuple(volume.shape), affine)
     to_grid = to_model_grid_monai if resample_rule == "monai" else to_model_grid
     model_volume, model_grid = to_grid(volume, affine, spacing)

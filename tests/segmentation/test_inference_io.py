@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from dassemble_jax.ct import bitmask, nifti_io, resample
+from dassemble_jax.ct import bitmask, nifti_io, resample, scan_input
 from dassemble_jax.ct.nifti_io import CaseError
 from dassemble_jax.segmentation import inference, seg_metrics
 
@@ -37,7 +37,7 @@ def test_label_map_round_trip_keeps_affine(tmp_path):
   # Both qform and sform carry the affine, so viewers agree on the alignment.
   assert int(img.header["qform_code"]) == 1 and int(img.header["sform_code"]) == 1
   np.testing.assert_allclose(img.get_qform(), AFFINE, atol=1e-5)
-  vol, _, spacing = inference.load_nifti_for_prediction(out)
+  vol, _, spacing = scan_input.load_for_prediction(out)
   assert vol.dtype == np.float32 and vol.shape == labels.shape
   np.testing.assert_allclose(spacing, [0.8, 0.8, 2.0], rtol=1e-6)
   assert sorted(os.listdir(tmp_path)) == ["case.nii.gz"]  # no temporary left over
@@ -57,12 +57,12 @@ def test_bad_inputs_give_clear_errors(tmp_path):
   for path, what in [(garbage, "cannot read"), (truncated, "cannot read"),
                      (four_d, "3D"), (two_d, "3D")]:
     with pytest.raises(CaseError, match=what) as info:
-      inference.load_nifti_for_prediction(path)
+      scan_input.load_for_prediction(path)
     assert str(path) in str(info.value)
     assert isinstance(info.value, ValueError)
   # A trailing singleton 4th axis is a 3D volume.
   single = _write(tmp_path / "single.nii.gz", np.zeros((4, 5, 6, 1), np.int16))
-  assert inference.load_nifti_for_prediction(single)[0].shape == (4, 5, 6)
+  assert scan_input.load_for_prediction(single)[0].shape == (4, 5, 6)
   empty = tmp_path / "empty_dir"
   empty.mkdir()
   with pytest.raises(CaseError, match="no .nii"):

@@ -301,6 +301,7 @@ class ScanResult:
   sidecar: pathlib.Path | None = None            # <case>.json: classes, input, warnings
   statistics: list[pathlib.Path] = dataclasses.field(default_factory=list)  # JSON, CSV
   preview: pathlib.Path | None = None            # <case>.png
+  dicom_seg: pathlib.Path | None = None          # <case>.seg.dcm (DICOM input, `dicom_seg`)
   warnings: list[str] = dataclasses.field(default_factory=list)
   error: str | None = None
 
@@ -336,7 +337,7 @@ def predict_file(apply_fn: Callable[[Any, jax.Array], jax.Array], in_path: str |
                  resample_rule: str = "round", crop_foreground: bool = False,
                  channel_ids: Sequence[int] | None = None,
                  report_ids: Sequence[int] | None = None, sidecar: bool = False,
-                 statistics: bool = False, preview: bool = False,
+                 statistics: bool = False, preview: bool = False, dicom_seg: bool = False,
                  **predict_kwargs) -> ScanResult:
   """One scan end to end: read, predict in the model grid, write in the file's grid.
 
@@ -354,6 +355,9 @@ def predict_file(apply_fn: Callable[[Any, jax.Array], jax.Array], in_path: str |
       classes found and any warning raised while reading or predicting the scan.
     statistics: write `<case>.statistics.json` and `.csv` (`scan_statistics`).
     preview: write `<case>.png` (`preview`): axial/coronal/sagittal overlays.
+    dicom_seg: when the input is a DICOM series, also write `<case>.seg.dcm`, a DICOM-SEG of the
+      label map referencing the series (`ct.dicom_seg`); a NIfTI input, or a scan where no
+      class was found, gets a warning instead.
   Raises CaseError for an unreadable input, OutputError for an output that cannot be written.
   """
   if resample_rule not in ("round", "monai"):
@@ -363,7 +367,8 @@ def predict_file(apply_fn: Callable[[Any, jax.Array], jax.Array], in_path: str |
   with warnings.catch_warnings(record=True) as caught:
     warnings.simplefilter("always")
     loaded = scan_input.load(in_path)  # NIfTI or DICOM, its stored dtype (int16 for most CTs)
-    volume, affine = loaded.data, loaded.affine
+    volume, affine, series = loaded.data, loaded.affine, loaded.series
+    del loaded  # `volume` alone holds the scan (freed below when nothing else reads it)
     original = Grid(tuple(volume.shape), affine)
     to_grid = to_model_grid_monai if resample_rule == "monai" else to_model_grid
     model_volume, model_grid = to_grid(volume, affine, spacing)
@@ -443,6 +448,16 @@ def predict_file(apply_fn: Callable[[Any, jax.Array], jax.Array], in_path: str |
     with _writing(result.preview):
       preview_png.write_preview(result.preview, volume, file_labels, affine,
                                 title=pathlib.Path(in_path).name)
+  if dicom_seg:
+    if series is None:
+      result.warnings.append(f"{in_path}: not a DICOM series: no DICOM-SEG written")
+    elif not np.any(file_labels):
+      result.warnings.append(f"{in_path}: no class found: no DICOM-SEG written")
+    else:
+      from dassemble_jax.ct import dicom_seg as dicom_seg_io
+      result.dicom_seg = stem.with_name(stem.name + ".seg.dcm")
+      with _writing(result.dicom_seg):
+        dicom_seg_io.write(result.dicom_seg, file_labels, series.headers)
   if sidecar:
     result.sidecar = stem.with_name(stem.name + ".json")
     found = sorted(int(i) for i in np.unique(file_labels) if i)

@@ -258,7 +258,7 @@ class LoadedModel:
 
   def predict_paths(self, inputs, output, *, per_class: bool = False,
                     classes: Sequence[str] | None = None, keep_going: bool = False,
-                    statistics: bool = False, preview: bool = False,
+                    statistics: bool = False, preview: bool = False, dicom_seg: bool = False,
                     **spec_overrides) -> Iterator[inference.ScanResult]:
     """A NIfTI file or folder -> OUTPUT/<case>.nii.gz (+ OUTPUT/<case>/<class>.nii.gz), the
     sidecars (`inference.predict_paths`); `classes`: only these (their heads alone computed)."""
@@ -267,7 +267,7 @@ class LoadedModel:
     return inference.predict_paths(kwargs.pop("apply_fn"), inputs, output, per_class=per_class,
                                    class_names=CLASS_NAMES, params=self.variables,
                                    keep_going=keep_going, statistics=statistics,
-                                   preview=preview, **kwargs)
+                                   preview=preview, dicom_seg=dicom_seg, **kwargs)
 
   def predict_file(self, in_path, out_path, *, classes: Sequence[str] | None = None,
                    **spec_overrides) -> inference.ScanResult:

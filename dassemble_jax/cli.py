@@ -27,6 +27,11 @@ class UserError(Exception):
   """Bad input or an unusable output, already phrased as '<file>: <problem>'."""
 
 
+class ConfigError(UserError, ValueError):
+  """A config value that cannot work (an unknown source or architecture, more examples asked
+  for than the data holds, a workdir prepared from other settings)."""
+
+
 def debug_requested(argv: Sequence[str] | None = None) -> bool:
   """Whether --debug is on the command line (read from argv itself: a config error stops the
   flag parser before the flag's own value is set)."""

@@ -17,6 +17,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from dassemble_jax.classification import labels as labels_lib
+from dassemble_jax.cli import ConfigError
 
 Raw = Mapping[str, tuple[np.ndarray, np.ndarray]]
 
@@ -52,7 +53,7 @@ def _draw(pool_labels: np.ndarray, specs: Sequence[SourceSpec], counts: Sequence
     eligible = order[np.isin(pool_labels[order], spec.members) & ~taken[order]]
     if n >= 0:
       if eligible.size < n:
-        raise ValueError(f"source {spec.name!r} asks for {n} {split} examples of labels "
+        raise ConfigError(f"source {spec.name!r} asks for {n} {split} examples of labels "
                          f"{spec.members}, but only {eligible.size} are left in the pool")
       eligible = eligible[:n]
     taken[eligible] = True

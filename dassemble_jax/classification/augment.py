@@ -9,6 +9,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from dassemble_jax.cli import ConfigError
+
 
 def random_flip_crop(key: jax.Array, images: jax.Array, *, pad: int, flip: bool) -> jax.Array:
   """Random translation by up to `pad` pixels (reflect padding) and horizontal flip.
@@ -35,4 +37,4 @@ def apply(name: str, key: jax.Array, images: jax.Array) -> jax.Array:
     return random_flip_crop(key, images, pad=2, flip=False)
   if name == "flip_translate":
     return random_flip_crop(key, images, pad=4, flip=True)
-  raise ValueError(f"unknown augmentation {name!r}; expected none|translate|flip_translate")
+  raise ConfigError(f"unknown augmentation {name!r}; expected none|translate|flip_translate")

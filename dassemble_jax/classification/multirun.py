@@ -25,6 +25,7 @@ import numpy as np
 
 from dassemble_jax import progress
 from dassemble_jax.classification import assembly, metrics, prepare, trainer
+from dassemble_jax.cli import ConfigError
 
 _TRAIN_FIELDS = trainer.TRAIN_FIELDS
 
@@ -115,12 +116,12 @@ class Program:
     if config.model.get("arch", "resnet") != "resnet":
       # airbench's whitening filters come from each run's training images (trainer.init_from_data),
       # which the vmapped init here does not see: refuse rather than train with the identity.
-      raise ValueError(f"multi-run tables support model.arch='resnet' only, got "
+      raise ConfigError(f"multi-run tables support model.arch='resnet' only, got "
                        f"{config.model.arch!r}; train other networks with dassemble_jax.main")
     self.config = config
     self.steps_per_epoch = num_train // config.batch_size
     if self.steps_per_epoch == 0:
-      raise ValueError(f"batch_size={config.batch_size} exceeds the {num_train} training "
+      raise ConfigError(f"batch_size={config.batch_size} exceeds the {num_train} training "
                        "examples")
     self.total_steps = self.steps_per_epoch * config.num_epochs
     self.tx = trainer.build_optimizer(config, self.total_steps)

@@ -16,6 +16,7 @@ import jax
 import numpy as np
 
 from dassemble_jax.classification import assembly
+from dassemble_jax.cli import ConfigError
 from dassemble_jax.data import arrayrecord_io
 
 
@@ -36,7 +37,7 @@ def load_raw(data_cfg):
   if name == "cifar10":
     from dassemble_jax.data import cifar
     return cifar.load_cifar10(data_cfg.source, data_cfg.path), tuple(cifar.CIFAR10_CLASSES)
-  raise ValueError(f"unknown dataset {name!r}; expected 'mnist' or 'cifar10'")
+  raise ConfigError(f"unknown dataset {name!r}; expected 'mnist', 'cifar10' or 'chestxray'")
 
 
 def prepare(config, workdir: str) -> str:
@@ -47,8 +48,8 @@ def prepare(config, workdir: str) -> str:
     if os.path.exists(os.path.join(out, arrayrecord_io.MANIFEST_NAME)):
       manifest = arrayrecord_io.read_manifest(out)
       if manifest.get("fingerprint") != fingerprint:
-        raise ValueError(
-            f"{out} was converted from other data settings (fingerprint "
+        raise ConfigError(
+            f"{out}: converted from other data settings (fingerprint "
             f"{manifest.get('fingerprint')} != {fingerprint}); use a fresh --workdir")
       arrayrecord_io.verify_shards(out)
     elif config.data.dataset == "chestxray":

@@ -27,6 +27,7 @@ from flax import nnx
 
 from dassemble_jax import optimizer, sharding
 from dassemble_jax.classification import augment, losses, semisup
+from dassemble_jax.cli import ConfigError
 from dassemble_jax.models import airbench, classifier, densenet
 
 State = dict[str, Any]  # {'step', 'params', 'batch_stats', 'opt_state'[, 'teacher']}
@@ -43,7 +44,7 @@ def build_model(config, num_classes: int, in_channels: int, *, rngs: nnx.Rngs):
   arch = m.get("arch", "resnet")
   if arch == "airbench":
     if m.norm != "batch":
-      raise ValueError(f"model.arch='airbench' uses its own BatchNorm; got model.norm={m.norm!r}")
+      raise ConfigError(f"model.arch='airbench' uses its own BatchNorm; got model.norm={m.norm!r}")
     return airbench.AirbenchClassifier(num_classes, in_channels=in_channels,
                                        widths=tuple(m.widths), dtype=dtype, rngs=rngs)
   if arch == "densenet":  # DenseNet-121 by default (chest X-rays); smaller via the fields
@@ -52,7 +53,7 @@ def build_model(config, num_classes: int, in_channels: int, *, rngs: nnx.Rngs):
                              num_init_features=m.num_init_features, bn_size=m.bn_size,
                              norm=m.norm, dtype=dtype, rngs=rngs)
   if arch != "resnet":
-    raise ValueError(f"unknown model.arch {arch!r}; expected 'resnet', 'airbench' or 'densenet'")
+    raise ConfigError(f"unknown model.arch {arch!r}; expected 'resnet', 'airbench' or 'densenet'")
   return classifier.ResNetClassifier(num_classes, in_channels=in_channels, widths=tuple(m.widths),
                                      blocks_per_stage=m.blocks_per_stage, norm=m.norm, dtype=dtype,
                                      rngs=rngs)
@@ -193,7 +194,7 @@ def resident_epoch_mode(config) -> str:
   if mode == "auto":
     mode = "loop" if jax.default_backend() == "cpu" else "scan"
   if mode not in ("scan", "loop"):
-    raise ValueError(f"epoch_mode must be 'auto', 'scan' or 'loop', got {mode!r}")
+    raise ConfigError(f"epoch_mode must be 'auto', 'scan' or 'loop', got {mode!r}")
   return mode
 
 

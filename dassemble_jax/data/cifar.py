@@ -17,6 +17,7 @@ import pathlib
 
 import numpy as np
 
+from dassemble_jax.cli import ConfigError
 from dassemble_jax.data import mnist
 from dassemble_jax.data.errors import DataFormatError, DatasetUnavailableError
 from dassemble_jax.data.safe_pickle import safe_load
@@ -98,7 +99,8 @@ def load_cifar10_pickles(folder: str | os.PathLike, validation_size: int = NUM_V
   labels = np.concatenate([p[1] for p in parts])
   n = len(labels)
   if not 0 <= validation_size < n:
-    raise ValueError(f"{root}: validation_size={validation_size} must be in [0, {n})")
+    raise DataFormatError(f"{root}: holds {n} training images, too few for the validation "
+                          f"split (validation_size={validation_size} must be in [0, {n}))")
   cut = n - validation_size
   return {"train": (images[:cut], labels[:cut]),
           "validation": (images[cut:], labels[cut:]),
@@ -126,7 +128,8 @@ def load_cifar10_tfds(data_dir: str | os.PathLike | None = None,
   images, labels = out.pop("train")
   n = len(labels)
   if not 0 <= validation_size < n:
-    raise ValueError(f"{where}: validation_size={validation_size} must be in [0, {n})")
+    raise DataFormatError(f"{where}: holds {n} training images, too few for the validation "
+                          f"split (validation_size={validation_size} must be in [0, {n}))")
   cut = n - validation_size
   return {"train": (images[:cut], labels[:cut]), "validation": (images[cut:], labels[cut:]),
           "test": out["test"]}
@@ -140,7 +143,8 @@ def load_cifar10(source: str = "auto", path: str | os.PathLike | None = None) ->
   """
   if source == "pickle":
     if path is None:
-      raise ValueError("load_cifar10(source='pickle') needs path= the cifar-10-batches-py folder")
+      raise ConfigError("CIFAR-10 source 'pickle' needs path= the cifar-10-batches-py folder "
+                        "(config.data.path)")
     return load_cifar10_pickles(path)
   if source == "tfds":
     return load_cifar10_tfds(path)
@@ -153,4 +157,4 @@ def load_cifar10(source: str = "auto", path: str | os.PathLike | None = None) ->
       raise DatasetUnavailableError(
           "CIFAR-10 needs a local copy: pass path= the cifar-10-batches-py folder (from "
           f"https://www.cs.toronto.edu/~kriz/cifar.html) or prepare TFDS 'cifar10' ({e})") from e
-  raise ValueError(f"unknown CIFAR-10 source {source!r}: use 'auto', 'pickle' or 'tfds'")
+  raise ConfigError(f"unknown CIFAR-10 source {source!r}: use 'auto', 'pickle' or 'tfds'")

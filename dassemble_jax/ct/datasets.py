@@ -48,6 +48,9 @@ class DatasetSpec:
   drop_unlisted: bool = False                  # unknown local labels are dropped, not errors
   layout_args: Mapping[str, Any] = dataclasses.field(default_factory=dict)
   zoom_augment: bool = False                   # the anchor zooms (1.3-1.5) the MSD tasks only
+  # The names the dataset's own dataset.json gives its labels: convert refuses a folder whose
+  # dataset.json names them otherwise (another dataset given under this one's --dataset).
+  label_names: Mapping[int, str] = dataclasses.field(default_factory=dict)
 
   def targets(self, local) -> tuple[Target, ...]:
     """The targets of one local label as a tuple (empty when dropped)."""
@@ -71,9 +74,10 @@ class DatasetSpec:
     return bool(set(self.annotated + self.optional) & taxonomy.TUMOR_IDS)
 
 
-def _msd(task: str, labels, annotated, description):
+def _msd(task: str, labels, annotated, description, label_names):
   return DatasetSpec(name=f"msd_{task}", description=description, layout="msd", labels=labels,
-                     annotated=annotated, zoom_augment=True)
+                     annotated=annotated, zoom_augment=True,
+                     label_names={0: "background", **label_names})
 
 
 # TotalSegmentator v2 "total" task, by class name (its class_map['total']). Lobes merge into a
@@ -103,9 +107,11 @@ _SPECS = (
     DatasetSpec(
         name="tcia_pancreas_ct",
         description="TCIA Pancreas-CT multi-organ labels (Gibson et al.: spleen, left kidney, "
-                    "gallbladder, esophagus, liver, stomach, pancreas, duodenum)",
+                    "gallbladder, esophagus, liver, stomach, pancreas, duodenum); images as "
+                    "TCIA distributes them (DICOM folders PANCREAS_0001/...) or NIfTI in images/",
         layout="paired",
-        layout_args={"image_glob": "**/images/*.nii*", "label_glob": "**/labels/*.nii*"},
+        layout_args={"image_glob": ("**/images/*.nii*", "**/PANCREAS_[0-9]*"),
+                     "label_glob": "**/label*/*.nii*"},
         labels={0: 0, 1: 1, 2: 3, 3: 4, 4: 5, 5: 6, 6: 7, 7: 11, 8: 14},
         annotated=(1, 3, 4, 5, 6, 7, 11, 14)),
     DatasetSpec(
@@ -140,19 +146,30 @@ _SPECS = (
         layout="msd", layout_args={"case_regex": r"amos_0*([1-9]\d{0,1}|[1-4]\d\d|500)$"},
         labels={0: 0, 1: 1, 2: 2, 3: 3, 4: 4, 5: 5, 6: 6, 7: 7, 8: 8, 9: 9, 10: 11, 11: 12,
                 12: 13, 13: 14, 14: 21, 15: 22},
-        annotated=(1, 2, 3, 4, 5, 6, 7, 8, 9, 11, 12, 13, 14, 21, 22)),
+        annotated=(1, 2, 3, 4, 5, 6, 7, 8, 9, 11, 12, 13, 14, 21, 22),
+        # AMOS's dataset.json, spelling included ("arota").
+        label_names={0: "background", 1: "spleen", 2: "right kidney", 3: "left kidney",
+                     4: "gall bladder", 5: "esophagus", 6: "liver", 7: "stomach", 8: "arota",
+                     9: "postcava", 10: "pancreas", 11: "right adrenal gland",
+                     12: "left adrenal gland", 13: "duodenum", 14: "bladder",
+                     15: "prostate/uterus"}),
     DatasetSpec(
         name="ct_org", description="CT-ORG liver, bladder, lungs, kidneys (bone, brain dropped)",
         layout="paired",
         layout_args={"image_glob": "**/volume-*.nii*", "label_glob": "**/labels-*.nii*"},
         labels={0: 0, 1: 6, 2: 21, 3: "lung", 4: "kidney", 5: 0, 6: 0},
         annotated=(6, 21, 16, 17, 2, 3)),
-    _msd("task03_liver", {0: 0, 1: 6, 2: 27}, (6, 27), "MSD Task03 Liver"),
-    _msd("task06_lung", {0: 0, 1: 30}, (30,), "MSD Task06 Lung"),
-    _msd("task07_pancreas", {0: 0, 1: 11, 2: 28}, (11, 28), "MSD Task07 Pancreas"),
-    _msd("task08_hepatic_vessel", {0: 0, 1: 15, 2: 29}, (15, 29), "MSD Task08 Hepatic vessel"),
-    _msd("task09_spleen", {0: 0, 1: 1}, (1,), "MSD Task09 Spleen"),
-    _msd("task10_colon", {0: 0, 1: 31}, (31,), "MSD Task10 Colon"),
+    # The last argument: the label names of each task's dataset.json.
+    _msd("task03_liver", {0: 0, 1: 6, 2: 27}, (6, 27), "MSD Task03 Liver",
+         {1: "liver", 2: "cancer"}),
+    _msd("task06_lung", {0: 0, 1: 30}, (30,), "MSD Task06 Lung", {1: "cancer"}),
+    _msd("task07_pancreas", {0: 0, 1: 11, 2: 28}, (11, 28), "MSD Task07 Pancreas",
+         {1: "pancreas", 2: "cancer"}),
+    _msd("task08_hepatic_vessel", {0: 0, 1: 15, 2: 29}, (15, 29), "MSD Task08 Hepatic vessel",
+         {1: "Vessel", 2: "Tumour"}),
+    _msd("task09_spleen", {0: 0, 1: 1}, (1,), "MSD Task09 Spleen", {1: "spleen"}),
+    _msd("task10_colon", {0: 0, 1: 31}, (31,), "MSD Task10 Colon",
+         {1: "colon cancer primaries"}),
     DatasetSpec(
         name="totalsegmentator",
         description="TotalSegmentator v2 (117 classes, 'total' task), mapped by class name",
@@ -190,6 +207,9 @@ def validate(spec: DatasetSpec) -> None:
         raise ValueError(f"{where}: label {local!r} -> {t!r}, not a class id in 1..32")
     if not spec.by_name and not isinstance(local, int):
       raise ValueError(f"{where}: local label {local!r} must be an int (by_name is False)")
+  extra = set(spec.label_names) - set(spec.labels)
+  if extra:
+    raise ValueError(f"{where}: label_names for values {sorted(extra)} that labels do not map")
   known = set(spec.annotated) | set(spec.optional)
   for i in known:
     if not 1 <= i <= taxonomy.NUM_CLASSES:

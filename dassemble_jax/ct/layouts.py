@@ -8,7 +8,8 @@ like bad cases (fail, or skip and list). Images without a label (test splits) ar
 Layouts:
   msd               dataset.json + imagesTr/ + labelsTr/ (MSD tasks, AMOS)
   paired            image and label files matched by the number in their names, found by globs
-                    (BTCV img/label, LiTS volume-/segmentation-, CT-ORG, WORD, AbdomenCT-1K)
+                    (BTCV img/label, LiTS volume-/segmentation-, CT-ORG, WORD, AbdomenCT-1K);
+                    an image may be a DICOM series folder or zip (TCIA Pancreas-CT)
   kits              case_XXXXX/imaging.nii.gz + segmentation.nii.gz
   totalsegmentator  <subject>/ct.nii.gz + <subject>/segmentations/<class>.nii.gz, or a
                     multilabel <subject>/<label_file> read through a class map {value: name}
@@ -68,14 +69,24 @@ def _keep(case_id: str, case_regex: str | None) -> bool:
   return case_regex is None or re.search(case_regex, case_id) is not None
 
 
-def paired(root: pathlib.Path, *, image_glob: str, label_glob: str,
+def _is_series(path: pathlib.Path) -> bool:
+  """A folder or zip that may hold a DICOM series (read, and checked, by ct/scan_input.py)."""
+  return path.is_dir() or (path.is_file() and path.suffix.lower() == ".zip")
+
+
+def paired(root: pathlib.Path, *, image_glob: str | tuple[str, ...], label_glob: str,
            label_exclude: str | None = None, case_regex: str | None = None):
-  """Images and labels found by globs, matched by `_key`."""
-  def find(pattern, exclude=None):
+  """Images and labels found by globs (several for images: any of them), matched by `_key`.
+
+  Images are NIfTI files, or DICOM series folders or zips; labels are NIfTI files."""
+  def find(patterns, exclude=None, series=False):
     found = {}
     problems = []
-    for path in sorted(root.glob(pattern)):
-      if not path.is_file() or _is_hidden(path) or not _NII.search(path.name):
+    patterns = (patterns,) if isinstance(patterns, str) else patterns
+    for path in sorted({p for pattern in patterns for p in root.glob(pattern)}):
+      if _is_hidden(path):
+        continue
+      if not ((path.is_file() and _NII.search(path.name)) or (series and _is_series(path))):
         continue
       if exclude and re.search(exclude, path.name):
         continue
@@ -86,7 +97,7 @@ def paired(root: pathlib.Path, *, image_glob: str, label_glob: str,
       found[key] = path
     return found, problems
 
-  images, problems = find(image_glob, None)
+  images, problems = find(image_glob, None, series=True)
   labels, more = find(label_glob, label_exclude)
   problems += more
   cases = []

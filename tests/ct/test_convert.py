@@ -223,9 +223,82 @@ def test_cli(tmp_path, capsys):
   assert "{'train': 1}" in capsys.readouterr().out
   assert convert.main(argv) == 1  # exists, no --overwrite
   assert "already exists" in capsys.readouterr().err
+  # The spleen folder given as the liver task: its dataset.json says so, nothing is written.
   assert convert.main(argv[:4] + ["--output", str(tmp_path / "p"), "--dataset", "msd_task03_liver"]
-                      ) == 0
+                      ) == 1
+  err = capsys.readouterr().err
+  assert err == (f"error: {raw / 'dataset.json'}: not dataset 'msd_task03_liver': label 1 is "
+                 "'spleen' (expected 'liver'); these are the label names of dataset "
+                 "'msd_task09_spleen'\n")
+  assert not (tmp_path / "p").exists()
   (raw / "dataset.json").write_text(json.dumps({"labels": {"0": "bg", "1": "a", "2": "b",
                                                            "3": "c"}, "training": []}))
   assert convert.main(argv[:4] + ["--output", str(tmp_path / "q")]) == 1
-  assert "dataset.json: label values ['2', '3']" in capsys.readouterr().err
+  assert ("dataset.json: not dataset 'msd_task09_spleen': label 1 is 'a' (expected 'spleen'), 2 "
+          "is 'b' (expected 'no such label'), 3 is 'c'") in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("folder_of, given, ok", [
+    ("msd_task09_spleen", "msd_task09_spleen", True),
+    ("msd_task08_hepatic_vessel", "msd_task08_hepatic_vessel", True),
+    ("amos", "amos", True),
+    ("msd_task06_lung", "msd_task10_colon", False),     # one label each, both tumors
+    ("msd_task03_liver", "msd_task07_pancreas", False),  # same values, other organ
+    ("msd_task07_pancreas", "msd_task03_liver", False),
+    ("amos", "msd_task09_spleen", False),                # 1 is spleen in both; 2..15 are not
+])
+def test_dataset_json_names_must_be_the_datasets(tmp_path, folder_of, given, ok):
+  from dassemble_jax.ct import datasets
+  names = dict(datasets.get(folder_of).label_names)
+  names[0] = "bg"
+  if folder_of == "msd_task09_spleen":
+    names[1] = "Spleen"  # case and spacing do not matter
+  (tmp_path / "dataset.json").write_text(json.dumps({"labels": {str(k): v for k, v in
+                                                                names.items()}}))
+  if ok:
+    convert.check_label_names(datasets.get(given), tmp_path)
+    return
+  with pytest.raises(convert.ConversionError,
+                     match=f"dataset.json: not dataset '{given}': label .*; these are the "
+                           f"label names of dataset '{folder_of}'$"):
+    convert.check_label_names(datasets.get(given), tmp_path)
+
+
+def test_tcia_pancreas_ct_from_dicom_as_from_nifti(tmp_path):
+  """Pancreas-CT as TCIA distributes it (a DICOM series per patient, nested study/series
+  folders) with a NIfTI label: the record is the one the NIfTI of the same scan gives."""
+  from tests.ct import fake_dicom as fd
+  image, label = _case(4, values=(6, 7))
+  dicom = tmp_path / "dicom"
+  fd.write_series(dicom / "Pancreas-CT" / "PANCREAS_0004" / "11-24-2015-PANCREAS0004" / "1-1",
+                  image, _AFFINE)
+  _write(dicom / "label_tcia_multiorgan" / "label0004.nii.gz", label)
+  nifti = tmp_path / "nifti"
+  _write(nifti / "images" / "PANCREAS_0004.nii.gz", image)
+  _write(nifti / "labels" / "label0004.nii.gz", label)
+  for raw in (dicom, nifti):
+    manifest = convert.convert_dataset("tcia_pancreas_ct", raw, tmp_path / f"out_{raw.name}",
+                                       progress=False)
+    assert manifest["cases"] == {"train": ["PANCREAS_0004"]} and manifest["skipped"] == []
+  a, b = _records(tmp_path / "out_dicom")[0], _records(tmp_path / "out_nifti")[0]
+  assert sorted(a) == sorted(b)
+  for key in a:
+    np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+  assert ((a["label"] & taxonomy.bit(11)) != 0).any()  # label 7: pancreas
+
+
+def test_dicom_series_with_a_missing_slice_is_a_bad_case(tmp_path):
+  from tests.ct import fake_dicom as fd
+  raw = tmp_path / "raw"
+  for i in (1, 2):
+    image, label = _case(i, values=(6, 7))
+    fd.write_series(raw / f"PANCREAS_000{i}", image, _AFFINE, skip=(3,) if i == 2 else ())
+    _write(raw / "labels" / f"label000{i}.nii.gz", label)
+  with pytest.raises(convert.ConversionError,
+                     match=r"case PANCREAS_0002: .*PANCREAS_0002: uneven slice spacing"):
+    convert.convert_dataset("tcia_pancreas_ct", raw, tmp_path / "fail", progress=False)
+  assert not (tmp_path / "fail").exists()
+  manifest = convert.convert_dataset("tcia_pancreas_ct", raw, tmp_path / "skip", on_error="skip",
+                                     progress=False)
+  assert manifest["cases"] == {"train": ["PANCREAS_0001"]}
+  assert "uneven slice spacing" in manifest["skipped"][0]["error"]

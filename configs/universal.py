@@ -2,6 +2,7 @@
 
   python -m dassemble_jax.main --config=configs/universal.py --workdir=/tmp/universal
   python -m dassemble_jax.main --config=configs/universal.py:tiny --workdir=/tmp/universal_tiny
+  python -m dassemble_jax.main --config=configs/universal.py:seeds --workdir=/tmp/universal_seeds
   python -m dassemble_jax.main --config=configs/universal.py:full --workdir=/data/universal \
       --config.data.shard_dirs='("/shards/btcv", "/shards/lits", "/shards/kits19")' \
       --config.data.test_dirs='("/shards_test/btcv", "/shards_test/lits", "/shards_test/kits19")'
@@ -19,6 +20,9 @@ took on the shared, loaded machine).
 codes, AdamW 1e-4, batch 2 per device) for an accelerator; point `data.shard_dirs` at converted
 real datasets (`python -m dassemble_jax.ct.convert`), or keep the phantom.
 Append ',swin' to use Swin UNETR (e.g. 'full,swin').
+':seeds': the default job once per seed 0, 1, 2 (DIR/seed_<s>), then the comparison across seeds
+with its paired tests (DIR/seeds.{txt,json}); results/universal_default/ holds the stored one,
+whose verdicts the default run prints after its own table.
 """
 
 import ml_collections
@@ -29,10 +33,10 @@ from dassemble_jax.models import universal_head
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   parts = [p for p in (arg or "").split(",") if p]
-  unknown = set(parts) - {"phantom", "tiny", "full", "swin"}
+  unknown = set(parts) - {"phantom", "tiny", "full", "swin", "seeds"}
   if unknown or ("tiny" in parts and "full" in parts):
     raise ValueError(f"config argument {arg!r}: expected 'phantom', 'tiny' or 'full', "
-                     "optionally with ',swin'")
+                     "optionally with ',swin' and/or ',seeds'")
   c = ml_collections.ConfigDict()
   # Dispatch key read by dassemble_jax/main.py.
   c.job = "universal"
@@ -166,6 +170,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.train_single_sources = True
   # Write NIfTI predictions of the assembly model for the held-out raw files.
   c.write_predictions = True
+  # Seed study: non-empty runs the whole job once per seed (DIR/seed_<s>) and writes the
+  # comparison across seeds, paired by seed (DIR/seeds.{txt,json}); empty: one run.
+  c.seeds = ()
+  # A stored seed study (seeds.json, relative to the working directory): after its own table a
+  # run prints which comparisons held across that study's seeds, if the study's settings match
+  # this run's (jobs/universal.py `study_settings`); '' or a missing file: nothing printed.
+  c.seed_study = "results/universal_default/seeds.json"
 
   if "tiny" in parts:
     c.data.phantom_train_cases = 2
@@ -202,6 +213,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.checkpoint_every = 2000
     c.eval_every = 2000
     c.eval.nsd_tolerance_mm = 1.5
+  if "seeds" in parts:
+    c.seeds = (0, 1, 2)
   if "swin" in parts:
     c.model.backbone = "swin"
     c.crop_size = max(32, c.crop_size // 32 * 32)

@@ -18,11 +18,22 @@
    on; the comparison table (per-class DSC, assembly vs each single source) is printed and saved
    (DIR/comparison.txt, DIR/comparison.json);
 5. NIfTI predictions of the assembly model for the held-out raw scans (DIR/predictions) and a PNG
-   of overlays (DIR/overlays.png).
+   of overlays (DIR/overlays.png);
+6. with `seed_study` naming a stored multi-seed study (seeds.json of `run_seeds`) made with the
+   same settings, each comparison of this run's table is followed by that study's verdict: did
+   it hold across seeds (segmentation/seed_study.py: paired by seed, paired t-test)?
+
+With `seeds` non-empty (configs/universal.py:seeds), `run_seeds` runs the whole job once per
+seed into DIR/seed_<s> (a seed whose DIR/seed_<s>/comparison.json exists is read, not rerun)
+and writes the comparison across seeds: DIR/seeds.txt and DIR/seeds.json (per class and model
+the DSC per seed and mean ± std; assembly vs each single-source model per class and on that
+model's classes together: mean paired difference, 95% interval, paired t-test and Wilcoxon p,
+verdict).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import pathlib
 import time
@@ -30,7 +41,23 @@ import time
 import jax
 
 from dassemble_jax.data import arrayrecord_io
-from dassemble_jax.segmentation import assembly_data, evaluate, reports, train_loop, trained_run
+from dassemble_jax.segmentation import (
+  assembly_data,
+  evaluate,
+  reports,
+  seed_study,
+  train_loop,
+  trained_run,
+)
+
+SEEDS_FILE = "seeds.json"
+# Config fields that must match between a run and a stored seed study for its verdicts to apply
+# (everything a run's numbers depend on except the seed).
+_STUDY_FIELDS = ("data.phantom_sources", "data.phantom_train_cases", "data.phantom_test_cases",
+                 "data.phantom_val_cases", "data.phantom_shape", "data.phantom_native_spacing",
+                 "data.spacing", "data.shard_dirs", "model.backbone", "model.base_channels",
+                 "model.norm", "model.class_code", "crop_size", "batch_size", "num_steps",
+                 "assembly_num_steps", "learning_rate", "eval_every", "compute_dtype")
 
 
 def assembly_steps(config, num_sources: int) -> int:
@@ -43,6 +70,8 @@ def assembly_steps(config, num_sources: int) -> int:
 
 def run(config, workdir: str) -> dict:
   """The whole job (see the module docstring); returns {model: summary} plus the table."""
+  if tuple(config.get("seeds", ()) or ()):
+    return run_seeds(config, workdir)
   t0 = time.perf_counter()
   os.makedirs(workdir, exist_ok=True)
   if config.data.shard_dirs:
@@ -82,6 +111,10 @@ def run(config, workdir: str) -> dict:
     text, table = reports.comparison_table(results)
     print("\n" + text, flush=True)
     summary["comparison"] = table
+    verdicts = stored_verdicts(config, table)
+    if verdicts:
+      print("\n" + verdicts, flush=True)
+      text += "\n\n" + verdicts
     reports.write_text(os.path.join(workdir, "comparison.txt"), text + "\n")
     cases = evaluate.load_cases(test_dirs)
     shown = reports.pick_cases(cases, int(config.eval.num_overlays))
@@ -96,6 +129,90 @@ def run(config, workdir: str) -> dict:
   reports.write_summary(os.path.join(workdir, "comparison.json"), summary)
   print(f"job done in {summary['seconds']:.0f} s; results in {workdir}", flush=True)
   return summary
+
+
+def study_settings(config) -> dict:
+  """The settings a seed study's verdicts depend on (all but the seed), JSON-able."""
+  out = {}
+  for key in _STUDY_FIELDS:
+    node = config
+    for part in key.split("."):
+      node = node.get(part) if node is not None else None
+    out[key] = list(node) if isinstance(node, (tuple, list)) else node
+  return out
+
+
+def run_seeds(config, workdir: str) -> dict:
+  """The job once per seed of `config.seeds` (DIR/seed_<s>), then the table across seeds."""
+  seeds = [int(s) for s in config.seeds]
+  if len(seeds) < 2 or len(set(seeds)) != len(seeds):
+    raise ValueError(f"seeds must be at least two distinct seeds, got {tuple(config.seeds)}")
+  os.makedirs(workdir, exist_ok=True)
+  t0 = time.perf_counter()
+  per_seed = {}
+  for seed in seeds:
+    seed_dir = os.path.join(workdir, f"seed_{seed}")
+    done = os.path.join(seed_dir, "comparison.json")
+    if os.path.exists(done):
+      print(f"\n##### seed {seed}: read {done} (already run)", flush=True)
+    else:
+      print(f"\n##### seed {seed}: {seed_dir}", flush=True)
+      run(assembly_data.with_fields(config, seed=seed, seeds=(), seed_study=""), seed_dir)
+    with open(done) as f:
+      summary = json.load(f)
+    if "comparison" not in summary:
+      raise ValueError(f"{done}: no comparison table (was the run evaluated on held-out data?)")
+    per_seed[seed] = summary["comparison"]
+  table = seed_study.universal_table(per_seed)
+  table["settings"] = study_settings(config)
+  print("\n" + table["text"], flush=True)
+  reports.write_text(os.path.join(workdir, "seeds.txt"), table["text"] + "\n")
+  reports.write_summary(os.path.join(workdir, SEEDS_FILE), table)
+  print(f"seed study done in {time.perf_counter() - t0:.0f} s; results in {workdir}", flush=True)
+  return table
+
+
+def stored_verdicts(config, table: dict) -> str:
+  """Lines saying, for each comparison of this run's table, whether it held across the seeds of
+  the stored study `config.seed_study` ('' when none is named or the file is absent; a study
+  made with other settings is named and not applied)."""
+  path = str(config.get("seed_study", "") or "")
+  if not path or not os.path.exists(path):
+    return ""
+  with open(path) as f:
+    study = json.load(f)
+  ours, theirs = study_settings(config), study.get("settings", {})
+  differ = [k for k in ours if ours[k] != theirs.get(k)]
+  if differ:
+    return (f"(stored seed study {path} ran with other settings ({', '.join(differ)}): its "
+            "verdicts do not apply to this run)")
+  seeds = study["seeds"]
+  lines = [(f"[across {len(seeds)} seeds {tuple(seeds)} ({path}): assembly - single source, "
+           f"paired by seed, paired t-test at p < {study['level']}; this run is seed "
+           f"{int(config.seed)}]")]
+  for model, overall in study["overall"].items():
+    if model not in table["dsc"]:
+      continue
+    held = {"better": "held, assembly better", "worse": "held, assembly worse",
+            "equal": "equal on every seed",
+            "undecided": "not decided across seeds"}[overall["verdict"]]
+    lines.append(f"on {model}'s {len(overall['classes'])} classes: mean difference "
+                 f"{overall['diff_mean']:+.3f} (p {_p(overall['t_p'])}): {held}")
+    decided = {c: r for c, r in study["comparisons"][model].items()
+               if r["verdict"] in ("better", "worse")}
+    if decided:
+      lines.append("  held per class: " + ", ".join(
+          f"{c} {r['verdict']} ({r['diff_mean']:+.3f}, p {_p(r['t_p'])})"
+          for c, r in decided.items()))
+    undecided = [c for c, r in study["comparisons"][model].items()
+                 if r["verdict"] == "undecided"]
+    if undecided:
+      lines.append(f"  not decided: {', '.join(undecided)}")
+  return "\n".join(lines)
+
+
+def _p(v) -> str:
+  return "-" if v is None else f"{v:.3g}"
 
 
 def _write_predictions(workdir: str, raw_test: dict) -> list[str]:

@@ -112,9 +112,13 @@ def _run_job(config, workdir: str) -> None:
   elif job == "complete":
     from dassemble_jax.jobs import complete
     complete.run(config, workdir)
+  elif job == "partial_full":
+    from dassemble_jax.jobs import partial_full
+    partial_full.run(config, workdir)
   else:
     raise cli.UserError(f"config.job={job!r}: unknown job; expected 'classification', "
-                        "'universal', 'universal_add_class', 'liver_synthetic' or 'complete'")
+                        "'universal', 'universal_add_class', 'liver_synthetic', 'complete' or "
+                        "'partial_full'")
 
 
 if __name__ == "__main__":

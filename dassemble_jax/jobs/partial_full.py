@@ -108,7 +108,7 @@ def run_seed(config, seed: int, seed_dir: str) -> dict:
   """Trains 'partial' and 'full' for one seed; {'partial'|'full': {class: held-out DSC}}."""
   os.makedirs(seed_dir, exist_ok=True)
   dirs = seed_data(config, seed, os.path.join(seed_dir, "data"))
-  out = {"seed": seed}
+  out = {"seed": seed, "settings": settings(config)}
   for arm in ("partial", "full"):
     print(f"\n=== seed {seed}, model '{arm}': {config.num_steps} steps ===", flush=True)
     cfg = assembly_data.with_fields(config, seed=seed, eval_every=0, **{
@@ -122,6 +122,17 @@ def run_seed(config, seed: int, seed_dir: str) -> dict:
     out[f"{arm}_train_seconds"] = res["train_seconds"]
   atomic.write_json(os.path.join(seed_dir, RESULT_FILE), out, indent=1)
   return out
+
+
+def settings(config) -> dict:
+  """What a seed's numbers depend on besides the seed (a stored seed must match it)."""
+  d, pf = config.data, config.partial_full
+  return {"source": pf.source, "classes": list(pf.classes), "num_steps": int(config.num_steps),
+          "train_cases": int(d.phantom_train_cases), "test_cases": int(d.phantom_test_cases),
+          "phantom_shape": list(d.phantom_shape), "spacing": float(d.spacing),
+          "crop_size": int(config.crop_size), "batch_size": int(config.batch_size),
+          "base_channels": int(config.model.base_channels),
+          "class_code": config.model.class_code, "learning_rate": float(config.learning_rate)}
 
 
 def run(config, workdir: str) -> dict:
@@ -146,11 +157,14 @@ def run(config, workdir: str) -> dict:
       print(f"\n##### seed {seed}: read {path} (already run)", flush=True)
       with open(path) as f:
         per_seed[seed] = json.load(f)
+      if per_seed[seed].get("settings") != settings(config):
+        raise ValueError(f"{path}: made with other settings ({per_seed[seed].get('settings')}) "
+                         "than this run's; use another workdir or delete that seed's folder")
     else:
       print(f"\n##### seed {seed}: {seed_dir}", flush=True)
       per_seed[seed] = run_seed(config, seed, seed_dir)
   table = seed_study.partial_full_table(per_seed, tuple(pf.classes))
-  table.update(source=pf.source, num_steps=int(config.num_steps),
+  table.update(settings=settings(config),
                full_classes=sorted(set().union(*(r["full_all_classes"]
                                                  for r in per_seed.values()))))
   print("\n" + table["text"], flush=True)

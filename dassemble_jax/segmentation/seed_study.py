@@ -6,8 +6,9 @@ so their per-class DSCs are compared paired by seed. Per class and comparison:
 `paired_difference(b, a)` gives the mean of b - a over seeds, its sample std, a 95% t interval,
 a two-sided paired t-test (SciPy) and a Wilcoxon signed-rank test (exact for small n; with
 3 seeds its smallest two-sided p is 0.25, so it can never decide there). The verdict is the
-paired t-test's at `LEVEL`: 'better' / 'worse' when p < LEVEL, 'equal' when every seed gave the
-same value, 'undecided' otherwise. The sign of a mean alone never decides.
+paired t-test's at `LEVEL`: 'better' / 'worse' when p < LEVEL, 'undecided' otherwise; when every
+seed gives the same difference (up to float rounding; the t statistic is then infinite) it is
+'equal' for 0 and 'better' / 'worse' for a shift. The sign of a mean alone never decides.
 
 `universal_table(per_seed)` turns the universal job's per-seed comparison tables (each seed's
 DIR/comparison.json 'comparison' entry) into the table of mean ± std per class and model and the
@@ -42,7 +43,9 @@ def paired_difference(b: Sequence[float], a: Sequence[float], level: float = LEV
          "diff_std": float(d.std(ddof=1)) if n > 1 else None,
          "ci95": None, "t_p": None, "wilcoxon_p": None,
          "b_higher": int(np.sum(d > 0)), "b_lower": int(np.sum(d < 0))}
-  if n > 1 and np.ptp(d) > 0:
+  # Differences equal up to float rounding count as one constant shift (no test is defined).
+  constant = n > 1 and float(np.ptp(d)) <= 1e-12 * max(1.0, float(np.abs(d).max()))
+  if n > 1 and not constant:
     half = stats.t.ppf(0.975, n - 1) * d.std(ddof=1) / math.sqrt(n)
     out["ci95"] = [float(d.mean() - half), float(d.mean() + half)]
     out["t_p"] = float(stats.ttest_rel(b, a).pvalue)
@@ -50,9 +53,9 @@ def paired_difference(b: Sequence[float], a: Sequence[float], level: float = LEV
       out["wilcoxon_p"] = float(stats.wilcoxon(d, zero_method="wilcox").pvalue)
   elif n > 1:
     out["ci95"] = [float(d[0]), float(d[0])]
-  if n > 1 and np.ptp(d) == 0:
+  if constant:
     # Every seed gave the same difference: 0 is a tie; a constant non-zero shift is decided.
-    out["verdict"] = "equal" if d[0] == 0 else ("better" if d[0] > 0 else "worse")
+    out["verdict"] = ("equal" if abs(d[0]) <= 1e-12 else ("better" if d[0] > 0 else "worse"))
   elif out["t_p"] is not None and out["t_p"] < level:
     out["verdict"] = "better" if out["diff_mean"] > 0 else "worse"
   else:

@@ -5,7 +5,8 @@ reported as one line; a traceback means a bug. `--debug` on any entry point show
 of a user error too. Entry points use:
 
   run_main(main, argv, user_errors=(...))   call main(argv) and turn user errors into one line
-  parse_config_flags(argv, flag_values)     absl flags + an ml_collections --config, parsed with
+  check_output_folder(path, flag)           an output folder that is a file or unwritable
+  parse_flags(argv, flag_values)            absl flags (+ an ml_collections --config), parsed with
                                             config errors (missing file, failing import, bad
                                             variant, unknown field, wrong type) as UserError
   define_debug_flag() / add_debug_argument(parser)   the --debug switch (absl / argparse)
@@ -56,6 +57,24 @@ def define_debug_flag(flag_values: flags.FlagValues = flags.FLAGS) -> flags.Flag
 def add_debug_argument(parser) -> None:
   parser.add_argument("--debug", action="store_true",
                       help="show the traceback of a user error instead of one line")
+
+
+def check_output_folder(path: str | os.PathLike, flag: str = "--out") -> None:
+  """Refuses, before any work, an output folder that is an existing file (or lies under one) or
+  cannot be created or written; a missing folder is fine (it is made when written)."""
+  path = os.fspath(path)
+  if os.path.exists(path) and not os.path.isdir(path):
+    raise UserError(f"{path}: {flag} exists and is not a folder")
+  parent = path
+  while not os.path.exists(parent):  # the nearest existing folder is where it will be made
+    up = os.path.dirname(os.path.abspath(parent))
+    if up == parent:
+      break
+    parent = up
+  if os.path.exists(parent) and not os.path.isdir(parent):
+    raise UserError(f"{path}: {flag} lies under {parent}, which is a file")
+  if os.path.isdir(parent) and not os.access(parent, os.W_OK | os.X_OK):
+    raise UserError(f"{path}: {flag} is not writable (no write permission on {parent})")
 
 
 def _os_message(e: OSError, where: str | os.PathLike | None) -> str:
@@ -158,21 +177,23 @@ def _config_problem(e: BaseException, argv: Sequence[str], name: str) -> str:
   return f"{path}: cannot load the config ({type(last).__name__}: {message(last)})"
 
 
-def parse_config_flags(argv: Sequence[str], flag_values: flags.FlagValues = flags.FLAGS, *,
-                       config: str = "config", required: Sequence[str] = ()) -> list[str]:
-  """Parses absl flags (with the ml_collections config flag `config`), raising UserError with
-  one line for any config or flag problem; returns the remaining arguments."""
+def parse_flags(argv: Sequence[str], flag_values: flags.FlagValues = flags.FLAGS, *,
+                config: str | None = "config", required: Sequence[str] = ()) -> list[str]:
+  """Parses absl flags (with the ml_collections config flag `config`, if any), raising UserError
+  with one line for any config or flag problem (a missing `required` flag too); returns the
+  remaining arguments."""
   try:
     rest = flag_values(list(argv))
-    value = flag_values[config].value
+    value = flag_values[config].value if config else None
     if value is not None:
       value.get("job")  # a config that failed to load raises its error on first access
   except Exception as e:  # the config file's own code can raise anything: all are user errors
-    raise UserError(_config_problem(e, argv, config)) from e
-  for flag in (config, *required):
+    raise UserError(_config_problem(e, argv, config or "config")) from e
+  for flag in ([config] if config else []) + list(required):
     if flag_values[flag].value is None:
       raise UserError(f"--{flag}: required (see --helpshort)")
-  if flag_values[config].value is not None and not hasattr(flag_values[config].value, "get"):
+  if config and flag_values[config].value is not None and not hasattr(flag_values[config].value,
+                                                                      "get"):
     raise UserError(f"{_config_path(argv, config)}: get_config() returned "
                     f"{type(flag_values[config].value).__name__}, not a ConfigDict")
   return rest
@@ -180,7 +201,7 @@ def parse_config_flags(argv: Sequence[str], flag_values: flags.FlagValues = flag
 
 def absl_flags_parser(parse: Callable[[list[str]], list[str]], *, exit_code: int = 1
                       ) -> Callable[[list[str]], list[str]]:
-  """An `app.run(..., flags_parser=)` around `parse` (e.g. parse_config_flags) that reports its
+  """An `app.run(..., flags_parser=)` around `parse` (e.g. parse_flags) that reports its
   UserError in one line and exits (the traceback with --debug)."""
   def parser(argv: list[str]) -> list[str]:
     try:

@@ -22,6 +22,7 @@ import sys
 
 from absl import app, flags, logging
 
+from dassemble_jax import cli
 from dassemble_jax.segmentation import anchor_import
 
 
@@ -34,6 +35,7 @@ def _define_flags() -> dict:
           "class_table", None, "txt_encoding.pth (the anchor's CLIP table) or a .npy table."),
       "out": flags.DEFINE_string("out", None,
                                  "New run folder to write (must not exist, or be empty)."),
+      "debug": cli.define_debug_flag(),
   }
 
 
@@ -45,12 +47,15 @@ def main(argv) -> int:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO
   flag = {k: v.value for k, v in _FLAGS.items()}
-  try:
-    summary = anchor_import.import_checkpoint(flag["checkpoint"], flag["out"],
-                                              flag["class_table"])
-  except (ValueError, OSError) as e:  # AnchorImportError, DataFormatError, a bad class table
-    print(f"error: {e}", file=sys.stderr)
-    return 2
+  # AnchorImportError, DataFormatError, a bad class table (ValueError); a missing input, an
+  # unwritable --out or a full disk (OSError): one line, exit status 2.
+  return cli.run_main(lambda _: _import(flag), user_errors=(ValueError,), output=flag["out"],
+                      exit_code=2, debug=flag["debug"])
+
+
+def _import(flag: dict) -> int:
+  cli.check_output_folder(flag["out"], "--out")
+  summary = anchor_import.import_checkpoint(flag["checkpoint"], flag["out"], flag["class_table"])
   print(f"imported {summary['backbone']} (width {summary['width']}, "
         f"{summary['parameters'] / 1e6:.2f} M parameters, {summary['tensors']} tensors) "
         f"-> {flag['out']}; class table: {summary['class_table']}")
@@ -59,5 +64,6 @@ def main(argv) -> int:
 
 if __name__ == "__main__":
   _FLAGS.update(_define_flags())
-  flags.mark_flags_as_required(["checkpoint", "out"])
-  app.run(lambda argv: sys.exit(main(argv)))
+  app.run(lambda argv: sys.exit(main(argv)), flags_parser=cli.absl_flags_parser(
+      lambda argv: cli.parse_flags(argv, config=None, required=["checkpoint", "out"]),
+      exit_code=2))

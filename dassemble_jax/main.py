@@ -5,7 +5,6 @@ otherwise), then runs the job the config names. Tests and notebooks call the job
 directly, never this module.
 """
 
-import os
 import sys
 
 import jax
@@ -43,12 +42,10 @@ _FLAGS = define_flags()
 def parse_flags(argv: list[str], flag_values: flags.FlagValues = flags.FLAGS) -> list[str]:
   """Flags parsed; any config error (missing file, failing import, bad variant, unknown field,
   wrong type, no --workdir) raises cli.UserError naming the config file and the problem."""
-  rest = cli.parse_config_flags(argv, flag_values, required=["workdir"])
+  rest = cli.parse_flags(argv, flag_values, required=["workdir"])
   if len(rest) > 1:
     raise cli.UserError(f"unexpected arguments: {rest[1:]}")
-  workdir = flag_values["workdir"].value
-  if os.path.exists(workdir) and not os.path.isdir(workdir):
-    raise cli.UserError(f"{workdir}: --workdir exists and is not a folder")
+  cli.check_output_folder(flag_values["workdir"].value, "--workdir")
   return rest
 
 

@@ -202,3 +202,111 @@ def test_main_subprocess_one_line_then_traceback_with_debug(tmp_path):
                        timeout=120, check=False)
   assert out.returncode != 0 and "Traceback" in out.stderr and "UserError" in out.stderr
   assert not (tmp_path / "w").exists()
+
+
+# ------------------------------------------------------------------------------------------------
+# The other entry points (argparse and absl programs), called in-process through their main().
+
+def test_check_output_folder(tmp_path, monkeypatch):
+  f = tmp_path / "a_file"
+  f.write_text("x")
+  cli.check_output_folder(tmp_path / "new" / "deeper")  # to be made: fine
+  with pytest.raises(cli.UserError, match=f"^{f}: --out exists and is not a folder$"):
+    cli.check_output_folder(f)
+  with pytest.raises(cli.UserError, match=f"^{f / 'sub'}: --out lies under {f}, which is a file$"):
+    cli.check_output_folder(f / "sub")
+  # Root ignores permissions; a read-only file system answers access() with EROFS: simulated.
+  monkeypatch.setattr(cli.os, "access", lambda path, mode: False)
+  with pytest.raises(cli.UserError, match=f"^{tmp_path / 'o'}: --output is not writable \\(no "
+                     f"write permission on {tmp_path}\\)$"):
+    cli.check_output_folder(tmp_path / "o", "--output")
+
+
+def _one_line(capsys) -> str:
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and err[0].startswith("error: "), err
+  return err[0][len("error: "):]
+
+
+def _synth_case(tmp_path):
+  from tests.jobs.test_synth_overlay import _write_case
+  ct, seg, _, _ = _write_case(tmp_path)
+  return ct, seg
+
+
+@pytest.mark.parametrize("command", ["synth_overlay", "synth_sweep"])
+def test_synth_commands_bad_input_and_output(tmp_path, capsys, command):
+  import importlib
+  main = importlib.import_module(f"dassemble_jax.jobs.{command}").main
+  extra = ["--property", "count", "--values", "1", "--cases", "1"] if command == "synth_sweep" \
+      else []
+  ct, seg = _synth_case(tmp_path)
+  not_nifti = tmp_path / "scan.nii.gz"
+  not_nifti.write_bytes(b"<html>404</html>")
+  out = tmp_path / "out"
+  assert main(["--out", str(out), "--ct", str(not_nifti), "--seg", str(seg), *extra]) == 2
+  assert _one_line(capsys).startswith(f"{not_nifti}: ")
+  assert main(["--out", str(out), "--ct", str(tmp_path / "none.nii.gz"), "--seg", str(seg),
+               *extra]) == 2
+  assert _one_line(capsys).startswith(f"{tmp_path / 'none.nii.gz'}: ")
+  assert main(["--out", str(ct), "--ct", str(ct), "--seg", str(seg), *extra]) == 2
+  assert _one_line(capsys) == f"{ct}: --out exists and is not a folder"
+  assert not out.exists()
+  with pytest.raises(Exception, match=str(not_nifti)):  # --debug: the traceback
+    main(["--out", str(out), "--ct", str(not_nifti), "--seg", str(seg), *extra, "--debug"])
+
+
+def test_synth_overlay_disk_full_names_the_output(tmp_path, capsys, monkeypatch):
+  from dassemble_jax.jobs import synth_overlay
+  ct, seg = _synth_case(tmp_path)
+
+  def full(*a, **k):
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+  monkeypatch.setattr(synth_overlay, "run", full)
+  out = tmp_path / "out"
+  assert synth_overlay.main(["--out", str(out), "--ct", str(ct), "--seg", str(seg)]) == 2
+  assert _one_line(capsys) == f"{out}: No space left on device"
+
+
+def test_synth_sweep_bad_values(tmp_path, capsys):
+  from dassemble_jax.jobs import synth_sweep
+  ct, seg = _synth_case(tmp_path)
+  assert synth_sweep.main(["--out", str(tmp_path / "o"), "--property", "size", "--values",
+                           "3,big", "--ct", str(ct), "--seg", str(seg)]) == 2
+  assert _one_line(capsys) == "--values '3,big': could not convert string to float: 'big'"
+
+
+def test_chestxray_convert_output_and_input_errors(tmp_path, capsys):
+  from dassemble_jax.chestxray import convert
+  a_file = tmp_path / "a_file"
+  a_file.write_text("x")
+  assert convert.main([f"--output={a_file}", f"--nih={tmp_path}", f"--chexpert={tmp_path}"]) == 1
+  assert _one_line(capsys) == f"{a_file}: --output exists and is not a folder"
+  missing = tmp_path / "no_nih"
+  assert convert.main([f"--output={tmp_path / 'o'}", f"--nih={missing}",
+                       f"--chexpert={missing}"]) == 1
+  assert _one_line(capsys).startswith(f"{missing}: ")
+  assert not (tmp_path / "o").exists()
+
+
+def test_import_checkpoint_input_and_output_errors(tmp_path, capsys, monkeypatch):
+  import types
+
+  from dassemble_jax import import_checkpoint
+
+  def flags_(**values):
+    values = {"class_table": None, "debug": False, **values}
+    monkeypatch.setattr(import_checkpoint, "_FLAGS",
+                        {k: types.SimpleNamespace(value=v) for k, v in values.items()})
+  not_pth = tmp_path / "model.pth"
+  not_pth.write_text("not a checkpoint")
+  flags_(checkpoint=str(tmp_path / "none.pth"), out=str(tmp_path / "run"))
+  assert import_checkpoint.main(["p"]) == 2
+  assert _one_line(capsys).startswith(f"{tmp_path / 'none.pth'}: ")
+  flags_(checkpoint=str(not_pth), out=str(tmp_path / "run"))
+  assert import_checkpoint.main(["p"]) == 2
+  assert _one_line(capsys).startswith(f"{not_pth}: not a PyTorch zip archive")
+  flags_(checkpoint=str(not_pth), out=str(not_pth))
+  assert import_checkpoint.main(["p"]) == 2
+  assert _one_line(capsys) == f"{not_pth}: --out exists and is not a folder"
+  assert not (tmp_path / "run").exists()

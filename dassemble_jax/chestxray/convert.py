@@ -30,6 +30,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from dassemble_jax import cli
 from dassemble_jax import progress as progress_lib
 from dassemble_jax.chestxray import chexpert, covidx, images, label_space, nih, splits
 from dassemble_jax.data import arrayrecord_io
@@ -274,19 +275,24 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser.add_argument("--image-size", type=int, default=None)
   parser.add_argument("--workers", type=int, default=None)
   parser.add_argument("--overwrite", action="store_true")
+  cli.add_debug_argument(parser)
   a = parser.parse_args(argv)
-  try:
-    config = experiments.chestxray_assemble(a.setting)
-    d = config.data
-    d.nih_root, d.chexpert_root, d.covidx_root = a.nih, a.chexpert, a.covidx
-    if a.image_size:
-      d.image_size = a.image_size
-    if a.workers:
-      d.workers = a.workers
-    manifest = convert(d, a.output, overwrite=a.overwrite)
-  except (DataFormatError, ValueError, FileExistsError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 1
+  # Bad labels or images (DataFormatError), a bad setting (ValueError), an existing --output
+  # without --overwrite, an unwritable one or a full disk (OSError): one line, exit status 1.
+  return cli.run_main(lambda _: _convert_and_report(a, experiments), output=a.output,
+                      user_errors=(DataFormatError, ValueError), debug=a.debug)
+
+
+def _convert_and_report(a, experiments) -> int:
+  cli.check_output_folder(a.output, "--output")
+  config = experiments.chestxray_assemble(a.setting)
+  d = config.data
+  d.nih_root, d.chexpert_root, d.covidx_root = a.nih, a.chexpert, a.covidx
+  if a.image_size:
+    d.image_size = a.image_size
+  if a.workers:
+    d.workers = a.workers
+  manifest = convert(d, a.output, overwrite=a.overwrite)
   counts = {s["name"]: {k: v["images"] for k, v in s["splits"].items()}
             for s in manifest["sources"]}
   print(f"wrote {a.output}: {counts}")

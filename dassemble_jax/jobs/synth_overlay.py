@@ -21,7 +21,7 @@ import sys
 
 import numpy as np
 
-from dassemble_jax import atomic
+from dassemble_jax import atomic, cli
 
 WINDOW = (-160.0, 240.0)  # abdominal soft-tissue window for display
 
@@ -128,14 +128,27 @@ def main(argv=None) -> int:
   p.add_argument('--kind', choices=['tiny', 'small', 'medium', 'large', 'mix'],
                  help='only this tumor kind (default: drawn uniformly)')
   p.add_argument('--max-pngs', type=int, default=12)
+  cli.add_debug_argument(p)
   args = p.parse_args(argv)
   realct.check_volume_arguments(p, args)
-  try:
-    summary = run(args.out, args.ct, args.seg, args.liver_label, args.seed, args.kind,
-                  args.max_pngs)
-  except (realct.LiverMaskError, FileNotFoundError) as e:
-    print(f'error: {e}', file=sys.stderr)
-    return 2
+  return cli.run_main(lambda _: _run_and_report(args), user_errors=_user_errors(), output=args.out,
+                      exit_code=2, debug=args.debug)
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+  """Bad input (a NIfTI that does not read, a liver mask too small); OSError (missing input, an
+  unwritable --out, a full disk) is one line too (cli.run_main)."""
+  from nibabel.filebasedimages import ImageFileError  # pylint: disable=g-import-not-at-top
+
+  from dassemble_jax.data.errors import DataFormatError  # pylint: disable=g-import-not-at-top
+  from dassemble_jax.synth import realct  # pylint: disable=g-import-not-at-top
+  return (realct.LiverMaskError, DataFormatError, ImageFileError)
+
+
+def _run_and_report(args) -> int:
+  cli.check_output_folder(args.out)
+  summary = run(args.out, args.ct, args.seg, args.liver_label, args.seed, args.kind,
+                args.max_pngs)
   print(f"{summary['n_tumors']} {summary['kind']} tumor(s), {summary['tumor_voxels']} voxels, "
         f"decrement {summary['hu_decrement']:.0f} HU -> {args.out} "
         f"({len(summary['pngs'])} PNGs, ct_with_tumors.nii.gz, label.nii.gz)")

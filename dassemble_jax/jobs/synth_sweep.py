@@ -23,7 +23,7 @@ import sys
 
 import numpy as np
 
-from dassemble_jax import atomic
+from dassemble_jax import atomic, cli
 from dassemble_jax.synth.config import SynthConfig, TumorKind
 
 # Property -> (default values, how a value changes the base config, value label).
@@ -142,15 +142,29 @@ def main(argv=None) -> int:
   p.add_argument('--seed', type=int, default=0)
   from dassemble_jax.synth import realct  # pylint: disable=g-import-not-at-top
   realct.add_volume_arguments(p)
+  cli.add_debug_argument(p)
   args = p.parse_args(argv)
   realct.check_volume_arguments(p, args)
-  try:
-    values = parse_values(args.property, args.values)
-    vol = realct.load_volume(args.ct, args.seg, args.liver_label)
-    index = run(args.out, args.property, values, args.cases, args.seed, vol)
-  except (realct.LiverMaskError, FileNotFoundError, ValueError) as e:
-    print(f'error: {e}', file=sys.stderr)
-    return 2
+  return cli.run_main(lambda _: _run_and_report(args), user_errors=_user_errors(), output=args.out,
+                      exit_code=2, debug=args.debug)
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+  """Bad input (a NIfTI that does not read, a liver mask too small, a bad --values entry: the
+  ValueErrors of parse_values and config_for); OSError is one line too (cli.run_main)."""
+  from nibabel.filebasedimages import ImageFileError  # pylint: disable=g-import-not-at-top
+
+  from dassemble_jax.data.errors import DataFormatError  # pylint: disable=g-import-not-at-top
+  from dassemble_jax.synth import realct  # pylint: disable=g-import-not-at-top
+  return (realct.LiverMaskError, DataFormatError, ImageFileError, ValueError)
+
+
+def _run_and_report(args) -> int:
+  from dassemble_jax.synth import realct  # pylint: disable=g-import-not-at-top
+  cli.check_output_folder(args.out)
+  values = parse_values(args.property, args.values)
+  vol = realct.load_volume(args.ct, args.seg, args.liver_label)
+  index = run(args.out, args.property, values, args.cases, args.seed, vol)
   print(f"{len(index['cases'])} cases ({args.property}: {values}) -> {args.out / 'index.json'}")
   return 0
 

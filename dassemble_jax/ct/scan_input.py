@@ -8,7 +8,8 @@ zip of one). `find_inputs(path)` lists the scans of:
     anywhere under it (recursively: archives such as TCIA nest study/series folders).
 Each scan gets a case name for its outputs: the NIfTI file's name without its suffix; for a
 DICOM series, the top folder it sits in under the given path (the given folder's own name when
-the series lies directly in it; the zip's name for a zip). Series that would share a name (a
+the series lies directly in it, or when it is the only scan the folder holds, however deeply
+nested; the zip's name for a zip). Series that would share a name (a
 folder holding a CT's arterial and venous phases) each become their own case, named
 `<name>_<SeriesDescription or series number>`, and the UID's tail is added if that still
 clashes: every series of a folder is predicted, none is silently picked.
@@ -132,7 +133,10 @@ def find_inputs(path: str | os.PathLike) -> list[Scan]:
       scans.append(Scan(p, case_name(p)))
     elif p.suffix.lower() == ".zip" and zipfile.is_zipfile(p):
       scans.extend(_dicom_scans(p, case_name(p)))
-  scans.extend(_dicom_scans(path, path.name or "series"))
+  series = _dicom_scans(path, path.name or "series")
+  if not scans and len(series) == 1:  # the folder of one case: named after it
+    series = [dataclasses.replace(series[0], name=_clean(path.resolve().name) or "series")]
+  scans.extend(series)
   if not scans:
     raise CaseError(f"{path}: no .nii or .nii.gz files, DICOM series or zips in this folder")
   return scans

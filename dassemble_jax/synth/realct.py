@@ -1,5 +1,8 @@
 """The real abdominal CT of the `totalsegmentator` source distribution, and NIfTI helpers.
 
+A user's own CT and segmentation (--ct, --seg) may be NIfTI files or DICOM series (folders or
+zips), read by `ct.scan_input`.
+
 TotalSegmentator 2.18.0's sdist ships a small CT (122 x 101 x 30 voxels of 3 mm) and its
 117-class segmentation under tests/reference_files/. The class names live in
 totalsegmentator/map_to_binary.py, which is read with `ast` (never imported or executed).
@@ -17,6 +20,8 @@ import nibabel as nib
 import numpy as np
 
 from dassemble_jax import atomic
+from dassemble_jax.ct import scan_input
+from dassemble_jax.ct.nifti_io import CaseError
 
 TOTALSEG = 'totalsegmentator==2.18.0'
 _CT = 'tests/reference_files/example_ct_sm.nii.gz'
@@ -99,8 +104,33 @@ def load_totalseg_example(min_voxels: int = 64) -> Volume:
 
 
 def load_files(ct_path: str, seg_path: str, liver_labels, min_voxels: int = 64) -> Volume:
-  """A CT NIfTI and a segmentation NIfTI whose `liver_labels` mark the liver."""
-  return make_volume(nib.load(ct_path), nib.load(seg_path), liver_labels, seg_path, min_voxels)
+  """A CT and a segmentation whose `liver_labels` mark the liver.
+
+  Either may be a NIfTI file or a DICOM series (a folder or zip), read by `ct.scan_input`
+  (CaseError naming the file when unreadable). A segmentation stored in another axis order
+  than the CT (a DICOM CT with a NIfTI segmentation made from it) is reoriented onto the CT's
+  voxels; one on another grid is refused.
+  """
+  ct = scan_input.load(ct_path)
+  seg = scan_input.load(seg_path)
+  labels = _onto_grid(seg.data, seg.affine, ct.data.shape, ct.affine, f'{seg_path}', f'{ct_path}')
+  images = [nib.Nifti1Image(a, ct.affine) for a in (ct.data, labels)]
+  for img in images:
+    img.header.set_xyzt_units('mm')
+  return make_volume(images[0], images[1], liver_labels, str(seg_path), min_voxels)
+
+
+def _onto_grid(data, affine, shape, target_affine, where: str, target: str) -> np.ndarray:
+  """`data` (on `affine`) as the voxels of grid (shape, target_affine): axis flips and
+  permutations only; CaseError when the grids differ otherwise."""
+  ornt = nib.orientations
+  transform = ornt.ornt_transform(ornt.io_orientation(affine), ornt.io_orientation(target_affine))
+  moved = ornt.apply_orientation(data, transform)
+  moved_affine = affine @ ornt.inv_ornt_aff(transform, data.shape)
+  if moved.shape != tuple(shape) or not np.allclose(moved_affine, target_affine, atol=1e-3):
+    raise CaseError(f'{where}: not on the voxel grid of {target} (shape {data.shape} vs '
+                    f'{tuple(shape)}, or another position or spacing)')
+  return np.ascontiguousarray(moved) if moved is not data else data
 
 
 def load_volume(ct_path: str | None, seg_path: str | None, liver_labels,
@@ -113,8 +143,9 @@ def load_volume(ct_path: str | None, seg_path: str | None, liver_labels,
 
 def add_volume_arguments(parser) -> None:
   """--ct, --seg, --liver-label: the CT the synthetic-tumor commands work on (`load_volume`)."""
-  parser.add_argument('--ct', help='CT NIfTI (default: the totalsegmentator sdist example)')
-  parser.add_argument('--seg', help='segmentation NIfTI matching --ct')
+  parser.add_argument('--ct', help='CT: a NIfTI file, or a DICOM series folder or zip '
+                      '(default: the totalsegmentator sdist example)')
+  parser.add_argument('--seg', help='segmentation NIfTI on the voxels of --ct')
   parser.add_argument('--liver-label', type=int, nargs='+', default=[5],
                       help='label(s) of the liver in --seg (TotalSegmentator: 5)')
 

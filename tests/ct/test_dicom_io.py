@@ -45,9 +45,9 @@ def test_series_matches_its_nifti_and_nibabel(tmp_path, affine):
   np.testing.assert_allclose(from_dicom.affine, from_nifti.affine, atol=1e-5)
   np.testing.assert_allclose(from_dicom.spacing, [0.7, 0.8, 2.5], atol=1e-6)
   # nibabel's geometry of each file: voxel (row j, column i) -> LPS; ours (i, j, k) -> RAS.
-  from nibabel.nicom import dicomwrappers
   with warnings.catch_warnings():
-    warnings.simplefilter("ignore")
+    warnings.simplefilter("ignore")  # nibabel.nicom warns that it is experimental
+    from nibabel.nicom import dicomwrappers
     for path in files:
       w = dicomwrappers.wrapper_from_data(pydicom.dcmread(path))
       k = int(np.argmin([abs(np.dot(series.affine[:3, 3] + series.affine[:3, 2] * z

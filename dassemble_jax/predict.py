@@ -1,4 +1,4 @@
-"""Segment CT scans with a trained Universal Model: NIfTI in, label-map NIfTI out.
+"""Segment CT scans with a trained Universal Model: NIfTI or DICOM in, label-map NIfTI out.
 
   python -m dassemble_jax.predict --workdir=DIR/runs/assembly --input=CT.nii.gz --output=OUT
   python -m dassemble_jax.predict --workdir=DIR/runs/assembly --input=FOLDER --output=OUT \
@@ -12,6 +12,11 @@ folder gets the viewers' class tables once (`labels.ctbl` for 3D Slicer, `labels
 `OUT/<case>.statistics.json` / `.csv` (`--statistics`) and `OUT/<case>.png` (`--preview`).
 `--classes` computes only the named classes' heads (plus a lesion's host organ, which its
 post-processing reads). Classes the model was never trained on are not predicted.
+
+`--input` may also be a DICOM series (a folder of one file per slice, or a zip of one) or hold
+several (`ct/scan_input.py` says how each is found and named; every series of a folder is its
+own case). `--dicom_seg` adds `OUT/<case>.seg.dcm` for each DICOM input: a DICOM-SEG of the
+label map that references the input series (`ct/dicom_seg.py`), for PACS viewers.
 
 Errors are one line, `error: <file>: <problem>`: before any scan (the model folder, the inputs,
 two inputs with one output name, an output folder that cannot be written) the command stops
@@ -40,7 +45,8 @@ def _define_flags() -> dict:
   --workdir, and a process may import both modules."""
   return {
       "workdir": flags.DEFINE_string("workdir", None, "Training folder of the model."),
-      "input": flags.DEFINE_string("input", None, "A NIfTI file or a folder of them."),
+      "input": flags.DEFINE_string("input", None, "A NIfTI file, a DICOM series (folder or "
+                                   "zip), or a folder of these."),
       "output": flags.DEFINE_string("output", None, "Folder for the predicted label maps."),
       "per_class": flags.DEFINE_bool("per_class", False, "Also write one 0/1 file per class."),
       "classes": flags.DEFINE_list("classes", None, "Only these classes (names as in "
@@ -56,6 +62,8 @@ def _define_flags() -> dict:
                                       "best: the validation-selected state (the latest when the "
                                       "run validated nothing); latest: the last saved state."),
       "debug": flags.DEFINE_bool("debug", False, "Tracebacks instead of one-line errors."),
+      "dicom_seg": flags.DEFINE_bool("dicom_seg", False, "For a DICOM input, also write "
+                                     "<case>.seg.dcm, a DICOM-SEG referencing its series."),
   }
 
 
@@ -88,7 +96,8 @@ def run(flag: dict) -> int:
         f"{model.config.model.backbone})", flush=True)
   results = model.predict_paths(flag["input"], flag["output"], per_class=flag["per_class"],
                                 classes=flag["classes"], statistics=flag["statistics"],
-                                preview=flag["preview"], keep_going=not flag["debug"])
+                                preview=flag["preview"], keep_going=not flag["debug"],
+                                dicom_seg=flag.get("dicom_seg", False))
   # One line per scan: '[i/N] <scan> i/N (%) | s/scan | ETA ..., <stage> <seconds>'; the
   # first scan's time includes the compilation, so the ETA settles after it.
   bar = progress.Progress(len(inputs), unit="scan", inverse_rate=True)

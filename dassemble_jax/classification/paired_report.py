@@ -90,7 +90,7 @@ def table_comparisons(table: str, runs: Sequence[Mapping]) -> list[dict]:
   return out
 
 
-def _p(p: float) -> str:
+def fmt_p(p: float) -> str:
   return "nan" if not np.isfinite(p) else (f"{p:.1e}" if p < 1e-3 else f"{p:.3f}")
 
 
@@ -102,8 +102,8 @@ def markdown(comps: Sequence[Mapping]) -> str:
     for r in c["rows"]:
       lines.append(
           f"| {c['a']} vs {c['b']} | {r['class_']} | {r['n']} | {r['mean']:+.2f} | "
-          f"[{r['ci_low']:+.2f}, {r['ci_high']:+.2f}] | {_p(r['t_p'])} | "
-          f"{_p(r['wilcoxon_p'])} | {r['wins']}/{r['n']} | {r['decision']} |")
+          f"[{r['ci_low']:+.2f}, {r['ci_high']:+.2f}] | {fmt_p(r['t_p'])} | "
+          f"{fmt_p(r['wilcoxon_p'])} | {r['wins']}/{r['n']} | {r['decision']} |")
   return "\n".join(lines)
 
 
@@ -135,7 +135,7 @@ def verdict(c: Mapping) -> str:
           f"difference on {len(rows) - len(up) - len(down)}; {holm} of {len(rows)} hold under "
           f"Holm's correction; {'mean over the classes' if len(rows) > 1 else 'difference'} "
           f"{whole['mean']:+.2f} points [{whole['ci_low']:+.2f}, {whole['ci_high']:+.2f}], "
-          f"p = {_p(whole['t_p'])}.")
+          f"p = {fmt_p(whole['t_p'])}.")
 
 
 def family_verdict(comps: Sequence[Mapping]) -> str:

@@ -11,7 +11,7 @@ pydicom reads the files. What a series becomes:
     built from the DICOM geometry is flipped in x and y, as dcm2niix and nibabel.nicom do.
 
 Refused, with one line naming the folder (or zip) and the problem, rather than guessed:
-several series where one was expected, a series of one slice, slices of different sizes or
+a series that is not CT (MR, PET: the model reads HU), several series where one was expected, a series of one slice, slices of different sizes or
 orientations, two slices at one position, uneven slice spacing (a missing slice), gantry tilt
 (slices sheared along the table: the affine would need a shear our resampling does not do),
 multi-frame (enhanced) images and unreadable or compressed pixel data without a decoder.
@@ -44,6 +44,10 @@ _ATOL_MM = 1e-3
 _SPACING_RTOL = 0.01
 # A slice-to-slice step leaning more than this off the slice normal is gantry tilt.
 _MAX_TILT_DEG = 0.05
+# Objects that are not images (segmentations, RT structures, reports, presentation states...):
+# passed over when looking for series, so an output folder of DICOM-SEGs is no input.
+_NOT_IMAGES = {"SEG", "RTSTRUCT", "RTPLAN", "RTDOSE", "RTRECORD", "SR", "PR", "KO", "REG",
+               "DOC", "PLAN"}
 # DICOM's patient space is LPS; nibabel's (and our affines') is RAS.
 _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 # Transfer syntaxes whose pixel data is stored raw: the file must hold rows * columns * bytes.
@@ -125,8 +129,9 @@ def _try_header(ref: SliceRef, data: bytes | None = None) -> pydicom.Dataset | N
       ds = ref.read(headers_only=True)
   except (InvalidDicomError, OSError, EOFError, ValueError, TypeError, AttributeError):
     return None
-  if "SeriesInstanceUID" not in ds or "Rows" not in ds:
-    return None  # DICOMDIR, structured reports, presentation states: not image slices
+  if ("SeriesInstanceUID" not in ds or "Rows" not in ds
+          or str(ds.get("Modality", "")).upper() in _NOT_IMAGES):
+    return None  # DICOMDIR, segmentations, structured reports...: not image slices
   return ds
 
 
@@ -226,6 +231,9 @@ def geometry(info: SeriesInfo) -> tuple[list[int], np.ndarray]:
   where = info.folder if len(info.slices) else info.root
   headers = [ds for _, ds in info.slices]
   first_ref, first = info.slices[0]
+  modality = str(first.get("Modality", "CT") or "CT").upper()
+  if modality != "CT":
+    raise CaseError(f"{where}: {info.label()} is {modality}, not CT: the model reads CT only")
   if int(first.get("NumberOfFrames", 1) or 1) > 1:
     raise CaseError(f"{first_ref}: multi-frame (enhanced) DICOM is not supported; export the "
                     "series as one file per slice")

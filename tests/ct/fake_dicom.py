@@ -23,7 +23,7 @@ def write_series(folder, hu: np.ndarray, affine: np.ndarray, *, slope: float = 1
                  intercept: float = -1024.0, names=None, series_uid: str | None = None,
                  study_uid: str | None = None, frame_uid: str | None = None,
                  description: str = "abdomen", number: int = 2, positions=None,
-                 skip: tuple[int, ...] = ()) -> list[pathlib.Path]:
+                 skip: tuple[int, ...] = (), modality: str = "CT") -> list[pathlib.Path]:
   """One file per slice (k not in `skip`); `names(k)` -> file name (default shuffled names).
 
   `positions`: optional (Z, 3) LPS ImagePositionPatient per slice (to fake a tilt); stored
@@ -57,7 +57,7 @@ def write_series(folder, hu: np.ndarray, affine: np.ndarray, *, slope: float = 1
     ds.file_meta = meta
     ds.SOPClassUID = CTImageStorage
     ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    ds.Modality = "CT"
+    ds.Modality = modality
     ds.PatientName = "Test^Phantom"
     ds.PatientID = "P001"
     ds.PatientBirthDate = ""

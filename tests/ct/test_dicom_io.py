@@ -145,3 +145,17 @@ def test_what_is_not_a_series(tmp_path):
   fd.write_series(one, fd.tiny_volume(shape=(8, 10, 1)), fd.lps_affine())
   with pytest.raises(CaseError, match="one: series 2 'abdomen' .* has a single slice"):
     scan_input.load(one)
+
+
+def test_not_ct_is_refused_and_segmentations_are_no_input(tmp_path):
+  fd.write_series(tmp_path / "mr", fd.tiny_volume(), fd.lps_affine(), modality="MR")
+  with pytest.raises(CaseError, match=r"mr: series 2 'abdomen' .* is MR, not CT"):
+    scan_input.load(tmp_path / "mr")
+  # A DICOM-SEG beside its CT (an output folder inside the input) is not a series to predict.
+  from dassemble_jax.ct import dicom_seg
+  fd.write_series(tmp_path / "ct", fd.tiny_volume(), fd.lps_affine())
+  series = dicom_io.read_series(tmp_path / "ct")
+  dicom_seg.write(tmp_path / "ct" / "ct.seg.dcm", np.ones(series.volume.shape, np.uint8),
+                  series.headers)
+  assert [(s.name, s.is_dicom) for s in scan_input.find_inputs(tmp_path / "ct")] == [
+      ("ct", True)]

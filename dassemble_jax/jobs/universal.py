@@ -58,6 +58,8 @@ _STUDY_FIELDS = ("data.phantom_sources", "data.phantom_train_cases", "data.phant
                  "data.spacing", "data.shard_dirs", "model.backbone", "model.base_channels",
                  "model.norm", "model.class_code", "crop_size", "batch_size", "num_steps",
                  "assembly_num_steps", "learning_rate", "eval_every", "compute_dtype")
+# Of these, the training length: a study that differs only here is still reported, flagged.
+_LENGTH_FIELDS = ("num_steps", "assembly_num_steps", "eval_every")
 
 
 def assembly_steps(config, num_sources: int) -> int:
@@ -174,8 +176,9 @@ def run_seeds(config, workdir: str) -> dict:
 
 def stored_verdicts(config, table: dict) -> str:
   """Lines saying, for each comparison of this run's table, whether it held across the seeds of
-  the stored study `config.seed_study` ('' when none is named or the file is absent; a study
-  made with other settings is named and not applied)."""
+  the stored study `config.seed_study` ('' when none is named or the file is absent). A study
+  whose data or model differ is named and not applied; one that differs only in training length
+  (`_LENGTH_FIELDS`) is applied with the difference stated first."""
   path = str(config.get("seed_study", "") or "")
   if not path or not os.path.exists(path):
     return ""
@@ -183,13 +186,17 @@ def stored_verdicts(config, table: dict) -> str:
     study = json.load(f)
   ours, theirs = study_settings(config), study.get("settings", {})
   differ = [k for k in ours if ours[k] != theirs.get(k)]
-  if differ:
+  if set(differ) - set(_LENGTH_FIELDS):
     return (f"(stored seed study {path} ran with other settings ({', '.join(differ)}): its "
             "verdicts do not apply to this run)")
   seeds = study["seeds"]
   lines = [(f"[across {len(seeds)} seeds {tuple(seeds)} ({path}): assembly - single source, "
            f"paired by seed, paired t-test at p < {study['level']}; this run is seed "
            f"{int(config.seed)}]")]
+  if differ:
+    lines.append("NOTE: the study trained for another length (" + ", ".join(
+        f"{k} {theirs.get(k)} there vs {ours[k]} here" for k in differ) + "); its verdicts are "
+        "for that length")
   for model, overall in study["overall"].items():
     if model not in table["dsc"]:
       continue

@@ -52,9 +52,14 @@ def test_seed_study_runs_each_seed_once_and_a_run_prints_its_verdicts(tmp_path, 
   assert "on src_a's 1 classes" in text and "held, assembly better" in text
   assert "liver better (+0.100" in text
   assert "not decided: spleen" in text or "not decided across seeds" in text
-  # Other settings: named, not applied; no study named or a missing file: nothing.
+  # Another training length: applied, the difference stated; other data or model: named, not
+  # applied; no study named or a missing file: nothing.
   single.num_steps = 7
-  assert "other settings (num_steps)" in universal_job.stored_verdicts(single, _comparison(0))
+  text = universal_job.stored_verdicts(single, _comparison(0))
+  assert "num_steps 100 there vs 7 here" in text and "held, assembly better" in text
+  single.crop_size = 16
+  assert "other settings (crop_size, num_steps)" in universal_job.stored_verdicts(
+      single, _comparison(0))
   single.seed_study = str(tmp_path / "missing.json")
   assert universal_job.stored_verdicts(single, _comparison(0)) == ""
 

@@ -1,0 +1,115 @@
+"""Paired comparisons of a table's runs, its report and the size sweep, on hand-made runs."""
+
+import json
+
+import numpy as np
+import pytest
+import scipy.stats
+
+from dassemble_jax.classification import paired_report
+from dassemble_jax.jobs import size_sweep, tables
+
+ODD, EVEN = ["1", "3", "5", "7", "9"], ["0", "2", "4", "6", "8"]
+
+
+def fake_odd_even_runs(num_seeds=6, gain=0.02, epochs=6, skip_seed=None):
+  """Runs whose AUCs are simple functions of seed and class, with histories."""
+  runs = []
+  for setting, classes in (("D0", ODD), ("D1", EVEN), ("D0+D1", ODD + EVEN)):
+    for k in range(num_seeds):
+      if setting == "D0+D1" and k == skip_seed:
+        continue
+      auc = {c: 0.9 + 0.001 * int(c) + 0.003 * ((k * 7 + int(c)) % 5)
+             + (gain + 0.004 * ((k + int(c)) % 3) if setting == "D0+D1" else 0.0)
+             for c in classes}
+      hist = [{"epoch": e + 1, "loss": 1.0 / (e + 1),
+               "val_mean_auc": 0.99 - 0.3 / (e + 1) ** 2 + 0.001 * k} for e in range(epochs)]
+      runs.append({"setting": setting, "seed": k, "label_space": classes, "test_auc": auc,
+                   "mean_test_auc": float(np.mean(list(auc.values()))), "best_epoch": epochs,
+                   "history": hist})
+  return runs
+
+
+def test_compare_matches_scipy_per_class_and_for_the_mean():
+  runs = fake_odd_even_runs()
+  rows = paired_report.compare(runs, "D0+D1", "D0", ODD)
+  assert [r["class_"] for r in rows] == ODD + ["mean"]
+  for r in rows[:-1]:
+    a = [100 * x["test_auc"][r["class_"]] for x in runs if x["setting"] == "D0+D1"]
+    b = [100 * x["test_auc"][r["class_"]] for x in runs if x["setting"] == "D0"]
+    t = scipy.stats.ttest_rel(a, b)
+    assert r["mean"] == pytest.approx(np.mean(np.subtract(a, b)))
+    assert r["t_p"] == pytest.approx(t.pvalue, rel=1e-9)
+    assert r["wilcoxon_p"] == pytest.approx(scipy.stats.wilcoxon(a, b).pvalue, rel=1e-9)
+    assert r["decision"] == ("reproduces" if t.pvalue < 0.05 and r["mean"] > 0
+                             else "no difference")
+  # The whole comparison: each seed's mean over the five classes.
+  per_seed = [np.mean([100 * (x["test_auc"][c] - y["test_auc"][c]) for c in ODD])
+              for x in runs if x["setting"] == "D0+D1"
+              for y in runs if y["setting"] == "D0" and y["seed"] == x["seed"]]
+  t = scipy.stats.ttest_rel(per_seed, np.zeros(len(per_seed)))
+  assert rows[-1]["mean"] == pytest.approx(np.mean(per_seed))
+  assert rows[-1]["t_p"] == pytest.approx(t.pvalue, rel=1e-9)
+  assert rows[-1]["decision"] == "reproduces"  # +2 points, small spread
+
+
+def test_pairs_only_common_seeds_and_the_verdict_line():
+  runs = fake_odd_even_runs(skip_seed=2)
+  rows = paired_report.compare(runs, "D0+D1", "D1", EVEN)
+  assert all(r["seeds"] == [0, 1, 3, 4, 5] and r["n"] == 5 for r in rows)
+  comps = paired_report.table_comparisons("odd_even", runs)
+  line = paired_report.verdict(comps[0])
+  up = [r["class_"] for r in comps[0]["rows"][:-1] if r["decision"] == "reproduces"]
+  assert line.startswith(f"D0+D1 vs D0 (5 seeds): higher at p < 0.05 on {len(up)} of 5 classes")
+  # A comparison of one class has no 'mean' row.
+  assert len(paired_report.compare(runs, "D0+D1", "D1", ["0"])) == 1
+
+
+def test_curve_summary_by_hand():
+  runs = fake_odd_even_runs(num_seeds=2, epochs=6)
+  s = paired_report.curve_summary(runs)["D0"]
+  # 6 epochs: the last third starts at epoch ceil(4) = 4; rise = v(6) - v(4), same for each seed.
+  assert s["last_third_epoch"] == 4
+  assert s["rise_last_third_mean"] == pytest.approx(100 * (0.3 / 16 - 0.3 / 36))
+
+
+def test_report_written_and_rendered_from_stored_runs(tmp_path):
+  runs = fake_odd_even_runs()
+  extra = {"seeds": 6, "tiny": False, "wall_s": 1.0, "program_groups": [], "vmapped": False,
+           "subset_sizes": {"D0": [["D0", 500, 250]], "D1": [["D1", 500, 250]],
+                            "D0+D1": [["D0", 500, 250], ["D1", 500, 250]]},
+           "recipe": {"widths": [8, 16, 32], "epochs": 6, "batch": 16, "learning_rate": 3e-3,
+                      "test_subset": 2000, "backend": "cpu"}}
+  (tmp_path / "odd_even_runs.json").write_text(json.dumps(runs))
+  paths = tables.write_report("odd_even", str(tmp_path), runs, extra)
+  md = (tmp_path / "odd_even.md").read_text()
+  assert "D0 500 training + 250 validation images" in md and "not vmapped" in md
+  assert paired_report.markdown(paired_report.table_comparisons("odd_even", runs)) in md
+  stored = json.loads((tmp_path / "odd_even.json").read_text())
+  assert stored["vmapped"] is False and len(stored["paired"]) == 2
+  assert (tmp_path / "odd_even_curves.png").stat().st_size > 0 and "curves" in paths
+  (tmp_path / "odd_even.md").write_text("stale")
+  tables.render("odd_even", str(tmp_path))
+  assert (tmp_path / "odd_even.md").read_text() == md
+
+
+def test_render_names_a_missing_file(tmp_path):
+  with pytest.raises(SystemExit, match="error: .*odd_even_runs.json"):
+    tables.render("odd_even", str(tmp_path))
+
+
+def test_size_sweep_report(tmp_path):
+  for n, gain in ((100, 0.05), (1000, 0.0)):
+    d = tmp_path / f"n{n}"
+    d.mkdir()
+    (d / "odd_even_runs.json").write_text(json.dumps(fake_odd_even_runs(gain=gain)))
+    (d / "odd_even.json").write_text(json.dumps(
+        {"subset_sizes": {"D0": [["D0", n, n // 2]]}, "recipe": {"epochs": 8}}))
+  out = size_sweep.write_report(str(tmp_path), [str(tmp_path / "n1000"), str(tmp_path / "n100"),
+                                                str(tmp_path / "missing")])
+  rows = out["rows"]
+  assert [r["num_train"] for r in rows] == [100, 1000] and rows[0]["seeds"] == 6
+  whole = paired_report.compare(fake_odd_even_runs(gain=0.05), "D0+D1", "D0", ODD)[-1]
+  assert rows[0]["gain_over_D0"]["mean"] == pytest.approx(whole["mean"])
+  assert (tmp_path / "size_sweep.png").stat().st_size > 0
+  assert "| 100 | 8 | 6 |" in (tmp_path / "size_sweep.md").read_text()

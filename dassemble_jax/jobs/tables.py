@@ -236,8 +236,8 @@ def write_report(table: str, workdir: str, results: list, extra: dict) -> dict[s
   return paths
 
 
-def render(table: str, workdir: str) -> dict[str, str]:
-  """Rewrites a table's report from its stored {table}_runs.json and {table}.json."""
+def load_stored(table: str, workdir: str) -> tuple[list, dict]:
+  """(runs, extra) of a stored table: its {table}_runs.json and the run record of {table}.json."""
   runs_path = os.path.join(workdir, f"{table}_runs.json")
   json_path = os.path.join(workdir, f"{table}.json")
   try:
@@ -246,8 +246,25 @@ def render(table: str, workdir: str) -> dict[str, str]:
     with open(json_path, encoding="utf-8") as f:
       stored = json.load(f)
   except (OSError, json.JSONDecodeError) as e:
-    raise SystemExit(f"error: {e.filename or runs_path}: cannot read the stored table ({e})")
-  extra = {k: v for k, v in stored.items() if k not in _DERIVED}
+    raise SystemExit(f"error: {getattr(e, 'filename', None) or runs_path}: cannot read the "
+                     f"stored table ({e})") from None
+  return results, {k: v for k, v in stored.items() if k not in _DERIVED}
+
+
+def stored_markdown(table: str, workdir: str) -> str:
+  """{table}.md as recomputed from the stored runs (what `render` would write)."""
+  results, extra = load_stored(table, workdir)
+  summary = multirun.summarize(results)
+  columns = list(dict.fromkeys(r["setting"] for r in results))
+  seed_table = None if table == "example2" else paper_numbers.SEED.get(table)
+  comps = paired_report.table_comparisons(table, results) if table in PAIRED_TABLES else []
+  return report_markdown(table, results, extra, summary, columns, seed_table, comps,
+                         paired_report.curve_summary(results))
+
+
+def render(table: str, workdir: str) -> dict[str, str]:
+  """Rewrites a table's report from its stored {table}_runs.json and {table}.json."""
+  results, extra = load_stored(table, workdir)
   return write_report(table, workdir, results, extra)
 
 

@@ -310,3 +310,18 @@ def test_import_checkpoint_input_and_output_errors(tmp_path, capsys, monkeypatch
   assert import_checkpoint.main(["p"]) == 2
   assert _one_line(capsys) == f"{not_pth}: --out exists and is not a folder"
   assert not (tmp_path / "run").exists()
+
+
+def test_robustness_output_that_is_a_file(tmp_path, capsys):
+  from dassemble_jax.jobs import robustness
+  a_file = tmp_path / "a_file"
+  a_file.write_text("x")
+  assert robustness.main(["--workdir", str(tmp_path), "--out", str(a_file)]) == 2
+  assert _one_line(capsys) == f"{a_file}: --out exists and is not a folder"
+
+
+def test_arrayrecord_verify_command_names_the_manifest(tmp_path, capsys):
+  from dassemble_jax.data import arrayrecord_io
+  (tmp_path / arrayrecord_io.MANIFEST_NAME).write_text("{not json")
+  assert arrayrecord_io._main(["arrayrecord_io", str(tmp_path)]) == 1  # pylint: disable=protected-access
+  assert _one_line(capsys).startswith(f"{tmp_path / arrayrecord_io.MANIFEST_NAME}: invalid JSON")

@@ -38,6 +38,7 @@ from typing import Any, Self
 import numpy as np
 from array_record.python import array_record_module
 
+from dassemble_jax import cli
 from dassemble_jax.data import records
 from dassemble_jax.data.errors import DataFormatError
 
@@ -403,11 +404,18 @@ def load_split_arrays(out_dir: str | os.PathLike, split: str, *,
 
 
 def _main(argv: list[str]) -> int:
-  if len(argv) != 2:
+  args = [a for a in argv[1:] if a != "--debug"]
+  if len(args) != 1:
     print(__doc__.strip().splitlines()[-1])
     return 2
-  manifest = read_manifest(argv[1])
-  verify_shards(argv[1])
+  # A missing or broken manifest, a shard whose size or checksum differs: one line naming it.
+  return cli.run_main(lambda _: _verify_and_summarise(args[0]), user_errors=(DataFormatError,),
+                      debug=cli.debug_requested(argv))
+
+
+def _verify_and_summarise(out_dir: str) -> int:
+  manifest = read_manifest(out_dir)
+  verify_shards(out_dir)
   for split, info in manifest["splits"].items():
     print(f"{split}: {info['num_records']} records in {len(info['shards'])} shards")
   for name, spec in manifest["fields"].items():

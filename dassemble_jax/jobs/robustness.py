@@ -30,7 +30,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from dassemble_jax import atomic
+from dassemble_jax import atomic, cli
 from dassemble_jax.ct import nifti_io, scan_input, taxonomy
 from dassemble_jax.jobs import synth_sweep
 from dassemble_jax.segmentation import evaluate, inference, seg_metrics, trained_run
@@ -233,20 +233,26 @@ def main(argv=None) -> int:
   p.add_argument("--set", action="append", default=[],
                  help="an existing sweep folder (index.json) instead of generating one")
   p.add_argument("--checkpoint", choices=("best", "latest"), default="best")
+  cli.add_debug_argument(p)
   args = p.parse_args(argv)
   props = [q for item in (args.property or ["size"]) for q in item.split(",") if q]
   if args.values and len(props) > 1:
     p.error("--values needs exactly one --property")
   realct.check_volume_arguments(p, args)
-  try:
-    vol = None
-    if args.ct and not args.set:
-      vol = realct.load_files(args.ct, args.seg, args.liver_label)
-    run(args.workdir, args.out, properties=props, values=args.values, cases=args.cases,
-        seed=args.seed, vol=vol, sets=args.set, checkpoint=args.checkpoint)
-  except (RobustnessError, realct.LiverMaskError, nifti_io.CaseError, FileNotFoundError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
+  # Bad input (a model folder, a sweep index, a scan) and output failures (an --out that is a
+  # file or unwritable, a full disk: OSError) are one line, exit status 2.
+  return cli.run_main(lambda _: _run_cli(args, props), output=args.out, exit_code=2,
+                      user_errors=(RobustnessError, realct.LiverMaskError, nifti_io.CaseError),
+                      debug=args.debug)
+
+
+def _run_cli(args, props) -> int:
+  cli.check_output_folder(args.out)
+  vol = None
+  if args.ct and not args.set:
+    vol = realct.load_files(args.ct, args.seg, args.liver_label)
+  run(args.workdir, args.out, properties=props, values=args.values, cases=args.cases,
+      seed=args.seed, vol=vol, sets=args.set, checkpoint=args.checkpoint)
   return 0
 
 

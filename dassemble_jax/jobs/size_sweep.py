@@ -106,14 +106,20 @@ def plot(path: str, rows: list[dict]) -> None:
     fig.savefig(tmp, dpi=110, format="png")
 
 
+def report_markdown(rows: list[dict]) -> str:
+  """The whole size_sweep.md."""
+  return ("# MNIST odd/even: gain of the assembled model vs per-source training size\n\n"
+          "Gain = D0+D1 minus the single source, each seed's mean over that source's classes, "
+          "paired by seed (95% t interval, two-sided paired t-test).\n\n" + markdown(rows)
+          + "\n")
+
+
 def write_report(workdir: str, folders: list[str]) -> dict:
   rows = summarise(folders)
   if not rows:
     raise SystemExit(f"error: {workdir}: no stored odd/even runs in {folders}")
   os.makedirs(workdir, exist_ok=True)
-  md = ("# MNIST odd/even: gain of the assembled model vs per-source training size\n\n"
-        "Gain = D0+D1 minus the single source, each seed's mean over that source's classes, "
-        "paired by seed (95% t interval, two-sided paired t-test).\n\n" + markdown(rows) + "\n")
+  md = report_markdown(rows)
   atomic.write_bytes(os.path.join(workdir, "size_sweep.md"), md.encode())
   atomic.write_json(os.path.join(workdir, "size_sweep.json"), {"rows": rows}, indent=1)
   plot(os.path.join(workdir, "size_sweep.png"), rows)

@@ -45,7 +45,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dassemble_jax import atomic
+from dassemble_jax import atomic, cli
 from dassemble_jax.ct import (
   bitmask,
   label_tables,
@@ -281,7 +281,7 @@ def _threshold_and_postprocess(probs, thresholds, affine, postprocess: bool, pac
   return bits if packed else bitmask.unpack(bits, c)
 
 
-class OutputError(ValueError):
+class OutputError(cli.UserError, ValueError):
   """An output cannot be written (read-only folder, full disk, a file where a folder must be);
   the message names the output and the problem."""
 

@@ -190,3 +190,22 @@ def test_cli_one_line_errors_and_debug_tracebacks(run_dir, tmp_path):
   debug = subprocess.run(cmd + ["--debug"], cwd=REPO, capture_output=True, text=True, env=env,
                          check=False)
   assert debug.returncode != 0 and "Traceback" in debug.stderr and "OutputError" in debug.stderr
+
+
+def test_a_warning_while_reading_goes_to_the_sidecar(run_dir, tmp_path, monkeypatch, capsys):
+  """A reader's warning (a documented default applied) is printed and kept in <case>.json."""
+  import warnings
+
+  from dassemble_jax.ct import scan_input
+  real_load = scan_input.load
+
+  def load_with_warning(path, *args, **kwargs):
+    warnings.warn("slice thickness missing, 1.0 mm assumed (DICOM default)", stacklevel=1)
+    return real_load(path, *args, **kwargs)
+
+  monkeypatch.setattr(scan_input, "load", load_with_warning)
+  scan = _write(tmp_path / "w.nii.gz")
+  assert predict.run(_flags(run_dir, scan, tmp_path / "out")) == 0
+  side = json.loads((tmp_path / "out" / "w.json").read_text())
+  assert side["warnings"] == [f"{scan}: slice thickness missing, 1.0 mm assumed (DICOM default)"]
+  assert f"warning: {scan}: slice thickness missing" in capsys.readouterr().err

@@ -2,13 +2,14 @@
 
 A seed fixes everything a run draws (the phantom's training, held-out and validation cases, the
 model's initialisation, the crops); two models trained with the same seed saw the same images,
-so their per-class DSCs are compared paired by seed. Per class and comparison:
-`paired_difference(b, a)` gives the mean of b - a over seeds, its sample std, a 95% t interval,
-a two-sided paired t-test (SciPy) and a Wilcoxon signed-rank test (exact for small n; with
-3 seeds its smallest two-sided p is 0.25, so it can never decide there). The verdict is the
-paired t-test's at `LEVEL`: 'better' / 'worse' when p < LEVEL, 'undecided' otherwise; when every
-seed gives the same difference (up to float rounding; the t statistic is then infinite) it is
-'equal' for 0 and 'better' / 'worse' for a shift. The sign of a mean alone never decides.
+so their per-class DSCs are compared paired by seed. Per class and comparison,
+`paired_difference(b, a)` gives b - a over seeds through classification/paired_stats.py (the
+project's one implementation): mean, sample std, 95% t interval, two-sided paired t-test,
+exact Wilcoxon signed-rank p (with 3 seeds its smallest two-sided value is 0.25, so it can never
+decide there). The verdict is the paired t-test's at `LEVEL` (`paired_stats.decide`): 'better' /
+'worse' when p < LEVEL (a difference that is the same non-zero value on every seed counts as
+decided: its t is infinite), 'equal' when every difference is 0, 'undecided' otherwise. The sign
+of a mean alone never decides.
 
 `universal_table(per_seed)` turns the universal job's per-seed comparison tables (each seed's
 DIR/comparison.json 'comparison' entry) into the table of mean ± std per class and model and the
@@ -22,44 +23,30 @@ import math
 from collections.abc import Mapping, Sequence
 
 import numpy as np
-from scipy import stats
+
+from dassemble_jax.classification import paired_stats
 
 LEVEL = 0.05  # two-sided level of every verdict
 
 
 def paired_difference(b: Sequence[float], a: Sequence[float], level: float = LEVEL) -> dict:
-  """b - a paired by position (seed): mean, std, 95% interval, paired t and Wilcoxon p, verdict.
-
-  p values are None when they are undefined (fewer than 2 pairs, or every difference equal)."""
-  a = np.asarray(a, np.float64)
-  b = np.asarray(b, np.float64)
-  if a.shape != b.shape or a.ndim != 1:
-    raise ValueError(f"paired samples must be two 1-D arrays of one length, got {a.shape} and "
-                     f"{b.shape}")
-  d = b - a
-  n = int(d.size)
-  out = {"n": n, "mean_a": float(a.mean()), "mean_b": float(b.mean()),
-         "diff": d.tolist(), "diff_mean": float(d.mean()),
-         "diff_std": float(d.std(ddof=1)) if n > 1 else None,
-         "ci95": None, "t_p": None, "wilcoxon_p": None,
-         "b_higher": int(np.sum(d > 0)), "b_lower": int(np.sum(d < 0))}
-  # Differences equal up to float rounding count as one constant shift (no test is defined).
-  constant = n > 1 and float(np.ptp(d)) <= 1e-12 * max(1.0, float(np.abs(d).max()))
-  if n > 1 and not constant:
-    half = stats.t.ppf(0.975, n - 1) * d.std(ddof=1) / math.sqrt(n)
-    out["ci95"] = [float(d.mean() - half), float(d.mean() + half)]
-    out["t_p"] = float(stats.ttest_rel(b, a).pvalue)
-    if np.any(d != 0):
-      out["wilcoxon_p"] = float(stats.wilcoxon(d, zero_method="wilcox").pvalue)
-  elif n > 1:
-    out["ci95"] = [float(d[0]), float(d[0])]
-  if constant:
-    # Every seed gave the same difference: 0 is a tie; a constant non-zero shift is decided.
-    out["verdict"] = ("equal" if abs(d[0]) <= 1e-12 else ("better" if d[0] > 0 else "worse"))
-  elif out["t_p"] is not None and out["t_p"] < level:
-    out["verdict"] = "better" if out["diff_mean"] > 0 else "worse"
+  """b - a paired by position (seed), computed by classification/paired_stats.py (the project's
+  one implementation): mean, std, 95% interval, paired t and Wilcoxon p, seeds higher / lower,
+  and the verdict (see the module docstring). Undefined values are None."""
+  r = paired_stats.paired(b, a, alpha=0.05)
+  d = np.asarray(b, np.float64) - np.asarray(a, np.float64)
+  none = lambda v: None if v is None or not math.isfinite(v) else float(v)
+  out = {"n": r["n"], "mean_a": float(np.mean(a)), "mean_b": float(np.mean(b)),
+         "diff": d.tolist(), "diff_mean": r["mean"], "diff_std": none(r["sd"]),
+         "ci95": (None if none(r["ci_low"]) is None
+                  else [float(r["ci_low"]), float(r["ci_high"])]),
+         "t_p": none(r["t_p"]), "wilcoxon_p": none(r["wilcoxon_p"]),
+         "b_higher": r["wins"], "b_lower": r["losses"]}
+  if r["n"] > 1 and not np.any(d):
+    out["verdict"] = "equal"
   else:
-    out["verdict"] = "undecided"
+    out["verdict"] = {"reproduces": "better", "opposite": "worse",
+                      "no difference": "undecided"}[paired_stats.decide(r, level=level)]
   return out
 
 

@@ -7,6 +7,8 @@
   inference       scan -> model grid -> sliding window -> thresholds -> scan grid, NIfTI out
   sliding_window  Gaussian-weighted sliding-window prediction on the device
   postprocess     the anchor's post-processing, label maps from class masks
+  scan_statistics per-class volume, HU, bounding box and lesions of a predicted scan
+  preview         axial/coronal/sagittal overlay PNG of a predicted scan (radiological view)
   fused_heads     a Pallas kernel of the dynamic heads + loss (head_impl='fused')
   seg_losses      masked BCE + Dice over the annotated (sample, class) pairs
   seg_metrics     DSC, NSD, detection; aggregation by source

@@ -320,39 +320,38 @@ def read_series(root: str | os.PathLike, series_uid: str | None = None, *,
   """Reads one series of a folder or zip (see the module docstring); CaseError naming it."""
   info = info if info is not None else select_series(root, series_uid)
   order, affine = geometry(info)
-  headers, raw, scales = [], [], []
-  for k in order:
-    ref, header = info.slices[k]
+  headers = [info.slices[k][1] for k in order]
+  scales = [_rescale(h, info.slices[k][0]) for k, h in zip(order, headers)]
+  # int16 (what predict reads fastest) when every slope is 1 and every intercept an integer,
+  # unless a slice's HU leave int16's range; float32 otherwise.
+  integer = all(slope == 1 and intercept == round(intercept) for slope, intercept in scales)
+  rows, cols = int(headers[0].Rows), int(headers[0].Columns)
+  # Voxel (i, j, k) = column i, row j of slice k; Fortran order, as NIfTI stores voxels, so
+  # each slice is one contiguous block (pixels.T is a plain copy into it). Allocated from the
+  # header's sizes only after geometry() has checked every slice has them, and filled slice by
+  # slice after each file's size is checked against them.
+  volume = np.empty((cols, rows, len(order)), np.int16 if integer else np.float32, order="F")
+  for z, (k, header, (slope, intercept)) in enumerate(zip(order, headers, scales)):
+    ref = info.slices[k][0]
     _check_pixel_size(ref, header)
     try:
       ds = ref.read(headers_only=False)
       pixels = ds.pixel_array
     except Exception as e:  # pydicom raises many types (missing decoder, truncation...)
       raise CaseError(f"{ref}: cannot read the pixel data: {type(e).__name__}: {e}") from e
-    if pixels.shape != (int(header.Rows), int(header.Columns)):
+    if pixels.shape != (rows, cols):
       raise CaseError(f"{ref}: pixel data of shape {pixels.shape}, expected one "
-                      f"{header.Rows} x {header.Columns} slice")
+                      f"{rows} x {cols} slice")
     if str(ds.get("PhotometricInterpretation", "MONOCHROME2")) not in ("MONOCHROME1",
                                                                        "MONOCHROME2"):
       raise CaseError(f"{ref}: PhotometricInterpretation {ds.PhotometricInterpretation} is not "
                       "a grayscale CT")
-    raw.append(pixels)
-    scales.append(_rescale(ds, ref))
-    headers.append(header)
-  slopes = np.array([s for s, _ in scales])
-  intercepts = np.array([i for _, i in scales])
-  # (rows, columns, slices) -> (columns, rows, slices): voxel (i, j, k) = column i, row j.
-  stacked = np.stack(raw, axis=-1).transpose(1, 0, 2)
-  integer = np.all(slopes == 1) and np.all(intercepts == np.round(intercepts))
-  if integer:
-    lo = int(stacked.min()) + int(intercepts.min())
-    hi = int(stacked.max()) + int(intercepts.max())
-    integer = np.iinfo(np.int16).min <= lo and hi <= np.iinfo(np.int16).max
-  if integer:
-    # int32 first: stored values may exceed int16 before the (negative) intercept is added.
-    volume = (stacked.astype(np.int32) + intercepts.astype(np.int32)).astype(np.int16, order="F")
-  else:
-    volume = stacked.astype(np.float32, order="F")
-    volume *= slopes.astype(np.float32)
-    volume += intercepts.astype(np.float32)
+    if volume.dtype == np.int16:
+      # int32 first: stored values may exceed int16 before a (negative) intercept is added.
+      hu = pixels.astype(np.int32) + int(intercept)
+      if hu.min() < np.iinfo(np.int16).min or hu.max() > np.iinfo(np.int16).max:
+        volume = volume.astype(np.float32, order="F")  # once; earlier slices are exact in it
+      volume[:, :, z] = hu.T
+    else:
+      volume[:, :, z] = pixels.T.astype(np.float32) * np.float32(slope) + np.float32(intercept)
   return Series(volume, affine, headers, info)

@@ -66,6 +66,14 @@ def test_rescale_slope_and_intercept(tmp_path):
   series = dicom_io.read_series(tmp_path / "s")
   assert series.volume.dtype == np.float32
   np.testing.assert_array_equal(series.volume, hu)
+  # Slope 1 and an integer intercept, but HU beyond int16 in one slice (a metal implant):
+  # float32 from there on, every slice exact.
+  hu = fd.tiny_volume().astype(np.int32) + 1000
+  hu[:, :, 7] += 32000
+  fd.write_series(tmp_path / "metal", hu, fd.lps_affine(), intercept=0.0)
+  series = dicom_io.read_series(tmp_path / "metal")
+  assert series.volume.dtype == np.float32 and series.volume.flags.f_contiguous
+  np.testing.assert_array_equal(series.volume, hu)
 
 
 def test_two_series_in_one_folder_are_two_cases(tmp_path):

@@ -24,7 +24,7 @@ import highdicom as hd
 import numpy as np
 from pydicom.sr.codedict import codes
 
-from dassemble_jax import atomic
+from dassemble_jax import __version__, atomic
 from dassemble_jax.ct import label_tables, taxonomy
 from dassemble_jax.ct.nifti_io import CaseError
 
@@ -45,7 +45,7 @@ _CODES = {
     30: (_SCT.Neoplasm, _SCT.Lung), 31: (_SCT.Neoplasm, _SCT.Colon),
     32: (_SCT.Cyst, _SCT.Kidney),
 }
-_VERSION = "0.1.0"
+_VERSION = __version__
 
 
 def _segment(number: int, class_id: int, algorithm) -> hd.seg.SegmentDescription:

@@ -14,9 +14,12 @@ of a user error too. Entry points use:
 
 from __future__ import annotations
 
+import errno
+import logging
 import os
 import re
 import sys
+import threading
 from collections.abc import Callable, Sequence
 
 from absl import flags
@@ -74,7 +77,9 @@ def check_output_folder(path: str | os.PathLike, flag: str = "--out") -> None:
   if os.path.exists(parent) and not os.path.isdir(parent):
     raise UserError(f"{path}: {flag} lies under {parent}, which is a file")
   if os.path.isdir(parent) and not os.access(parent, os.W_OK | os.X_OK):
-    raise UserError(f"{path}: {flag} is not writable (no write permission on {parent})")
+    read_only = bool(os.statvfs(parent).f_flag & os.ST_RDONLY)
+    why = "a read-only file system" if read_only else f"no write permission on {parent}"
+    raise UserError(f"{path}: {flag} is not writable ({why})")
 
 
 def _os_message(e: OSError, where: str | os.PathLike | None) -> str:
@@ -102,21 +107,72 @@ def report(e: BaseException, where: str | os.PathLike | None = None) -> None:
   print(f"error: {message(e, where)}", file=sys.stderr, flush=True)
 
 
+# Libraries that write through C++ (Orbax via TensorStore, array_record) report a full disk as
+# a ValueError/RuntimeError whose text carries the OS error; a full disk is never a bug.
+_DISK_FULL = re.compile(r"No space left on device|os_error_code='?28'?|Disk quota exceeded")
+
+
+def disk_full(e: BaseException) -> bool:
+  """Whether `e` (or an exception it was raised from) is a full disk or quota."""
+  return any((isinstance(c, OSError) and c.errno in (errno.ENOSPC, errno.EDQUOT))
+             or _DISK_FULL.search(str(c)) is not None for c in _chain(e))
+
+
+class _NoUserErrorTracebacks(logging.Filter):
+  """Drops the traceback (not the line) a library logs for a failed write in a background thread
+  (Orbax's async save): the main thread reports the same failure as one line."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    if record.exc_info and record.exc_info[1] is not None and (
+        isinstance(record.exc_info[1], OSError) or disk_full(record.exc_info[1])):
+      record.exc_info, record.exc_text = None, None
+    return True
+
+
+def _quiet_after_report() -> None:
+  """After a user error is reported, the process only exits; writers still open then (a
+  TensorBoard event writer's thread and atexit flush) fail again on the same full or read-only
+  disk. Their OSErrors are the error already reported: dropped; anything else still shows.
+  Only the interpreter's own hooks are replaced (a test runner's stay, and nothing leaks into
+  the tests after this one)."""
+  if (sys.unraisablehook is not sys.__unraisablehook__
+      or threading.excepthook is not threading.__excepthook__):
+    return
+
+  def unraisable(u, default=sys.unraisablehook):
+    if not isinstance(u.exc_value, OSError):
+      default(u)
+
+  def thread(a, default=threading.excepthook):
+    if not isinstance(a.exc_value, OSError):
+      default(a)
+  sys.unraisablehook, threading.excepthook = unraisable, thread
+
+
 def run_main(main: Callable[..., int | None], argv: Sequence[str] | None = None, *,
              user_errors: tuple[type[BaseException], ...] = (),
              output: str | os.PathLike | None = None, exit_code: int = 1,
              debug: bool | None = None) -> int:
-  """Calls `main(argv)`; a user error (`user_errors`, UserError, OSError) becomes one line on
-  stderr and `exit_code`, or its traceback with `debug` (None: --debug on sys.argv). `output`
-  names the place written when an OSError carries no path (a full disk). Returns main's exit
-  status (None: 0)."""
+  """Calls `main(argv)`; a user error (`user_errors`, UserError, OSError, a full disk reported
+  by any library) becomes one line on stderr and `exit_code`, or its traceback with `debug`
+  (None: --debug on sys.argv). `output` names the place written when the error carries no path
+  (a full disk). Returns main's exit status (None: 0)."""
+  debug = debug_requested() if debug is None else debug
+  quiet = _NoUserErrorTracebacks()
+  if not debug:
+    logging.getLogger("absl").addFilter(quiet)
   try:
     return main(argv) or 0
-  except (UserError, OSError, *user_errors) as e:
-    if debug_requested() if debug is None else debug:
+  except Exception as e:  # pylint: disable=broad-except  # re-raised unless a user error
+    if debug or not (isinstance(e, (UserError, OSError, *user_errors)) or disk_full(e)):
       raise
+    if disk_full(e) and not isinstance(e, OSError):
+      e = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
     report(e, output)
+    _quiet_after_report()
     return exit_code
+  finally:
+    logging.getLogger("absl").removeFilter(quiet)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -325,3 +325,43 @@ def test_arrayrecord_verify_command_names_the_manifest(tmp_path, capsys):
   (tmp_path / arrayrecord_io.MANIFEST_NAME).write_text("{not json")
   assert arrayrecord_io._main(["arrayrecord_io", str(tmp_path)]) == 1  # pylint: disable=protected-access
   assert _one_line(capsys).startswith(f"{tmp_path / arrayrecord_io.MANIFEST_NAME}: invalid JSON")
+
+
+def test_disk_full_reported_by_a_library_as_another_type(monkeypatch, tmp_path, capsys):
+  # Orbax (TensorStore) on a full tmpfs raised exactly this ValueError; a full disk is no bug.
+  orbax = ValueError(
+      'RESOURCE_EXHAUSTED: Failed writing: "/w/checkpoints/latest/1.orbax-checkpoint-tmp/d/8b": '
+      "Failed to write 2759 bytes to file 12: No space left on device [os_error_code='28']")
+  rc, lines, workdir = _run(monkeypatch, tmp_path, capsys, orbax)
+  assert rc == 1 and lines == [f"error: {workdir}: No space left on device"]
+  assert cli.disk_full(RuntimeError("x")) is False
+  with pytest.raises(ValueError, match="RESOURCE_EXHAUSTED"):  # --debug: the traceback
+    _run(monkeypatch, tmp_path, capsys, orbax, debug=True)
+
+
+def test_background_writer_noise_after_a_reported_error_is_dropped(monkeypatch, tmp_path, capsys):
+  import threading
+  # As in a program: the interpreter's own hooks (restored after the test).
+  monkeypatch.setattr(sys, "unraisablehook", sys.__unraisablehook__)
+  monkeypatch.setattr(threading, "excepthook", threading.__excepthook__)
+  rc, _, _ = _run(monkeypatch, tmp_path, capsys, OSError(errno.ENOSPC, "full"))
+  assert rc == 1
+  # A TensorBoard writer's thread and atexit flush failing on the same disk afterwards: dropped;
+  # a bug in such a place still shows.
+  def in_thread(e):
+    def fail():
+      raise e
+    t = threading.Thread(target=fail)
+    t.start()
+    t.join()
+
+  def in_finalizer(e):
+    class Writer:
+      def __del__(self):
+        raise e
+    Writer()  # collected at once: __del__'s exception goes to sys.unraisablehook
+  for where in (in_thread, in_finalizer):
+    where(OSError(errno.ENOSPC, "full"))
+    assert capsys.readouterr().err == ""
+    where(ZeroDivisionError("bug"))
+    assert "ZeroDivisionError: bug" in capsys.readouterr().err

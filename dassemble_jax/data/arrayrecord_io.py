@@ -24,6 +24,7 @@ Command line (inspect or check a dataset):
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -111,26 +112,47 @@ class _FieldSpecs:
     seen["shape"] = [a if a == b else None for a, b in zip(seen["shape"], spec["shape"])]
 
 
+def _os_error(e: RuntimeError, path: pathlib.Path) -> OSError:
+  """array_record's C++ writer reports a failed write (a full disk, a lost mount) as a
+  RuntimeError; as an OSError naming the shard it is a user's problem, not a bug."""
+  text = str(e)
+  if "No space left on device" in text:
+    return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+  return OSError(errno.EIO, f"cannot write ArrayRecord shard ({text})", str(path))
+
+
 class _SplitWriter:
   """The open shards of one split; records go round-robin so record i sits in shard i % n."""
 
-  def __init__(self, directory: pathlib.Path, split: str, num_shards: int):
+  def __init__(self, directory: pathlib.Path, split: str, num_shards: int,
+               shown: pathlib.Path):
     self.names = [_shard_name(split, i, num_shards) for i in range(num_shards)]
+    self.paths = [shown / name for name in self.names]  # in messages: where the shard would be
     self.writers = []
-    for name in self.names:
-      self.writers.append(array_record_module.ArrayRecordWriter(
-          str(directory / name), WRITER_OPTIONS))
+    for name, path in zip(self.names, self.paths):
+      try:
+        self.writers.append(array_record_module.ArrayRecordWriter(str(directory / name),
+                                                                  WRITER_OPTIONS))
+      except RuntimeError as e:
+        raise _os_error(e, path) from e
     self.count = 0
     self.fields = _FieldSpecs(f"split {split!r}")
 
   def add(self, data: bytes) -> None:
-    self.writers[self.count % len(self.writers)].write(data)
+    i = self.count % len(self.writers)
+    try:
+      self.writers[i].write(data)
+    except RuntimeError as e:
+      raise _os_error(e, self.paths[i]) from e
     self.count += 1
 
   def close(self) -> None:
-    for writer in self.writers:
+    for writer, path in zip(self.writers, self.paths):
       if writer.is_open():
-        writer.close()
+        try:
+          writer.close()
+        except RuntimeError as e:
+          raise _os_error(e, path) from e
 
 
 class DatasetWriter:
@@ -199,7 +221,8 @@ class DatasetWriter:
       raise ValueError(f"split {split!r}: a record needs at least one field")
     arrays = {name: np.asarray(value) for name, value in record.items()}
     if split not in self._splits:
-      self._splits[split] = _SplitWriter(self._tmp_dir, split, self._num_shards(split))
+      self._splits[split] = _SplitWriter(self._tmp_dir, split, self._num_shards(split),
+                                          self.out_dir)
     writer = self._splits[split]
     writer.fields.update(arrays, writer.count)
     writer.add(records.encode(arrays))

@@ -1,5 +1,6 @@
 """Tests for dassemble_jax.data.arrayrecord_io: round trips, manifest, corruption, atomicity."""
 
+import errno
 import hashlib
 import json
 import os
@@ -212,3 +213,30 @@ def test_more_shards_than_records(tmp_path):
   m = ario.read_manifest(out)
   assert [s["num_records"] for s in m["splits"]["train"]["shards"]] == [1, 1, 1, 0, 0]
   _assert_same(list(ario.read_records(out, "train")), recs)
+
+
+def test_full_disk_is_an_oserror_naming_the_shard(tmp_path, monkeypatch):
+  # array_record's C++ writer reports a failed write as a RuntimeError (seen on a full tmpfs:
+  # "write() failed: No space left on device; writing <path>; at byte 86016; ...").
+  real = ario.array_record_module.ArrayRecordWriter
+
+  class FullDisk:
+    def __init__(self, path, options):
+      self._w = real(path, options)
+
+    def write(self, data):
+      raise RuntimeError(f"write() failed: No space left on device; writing {tmp_path}; at "
+                         "byte 86016; Failed to close chunk_writer")
+
+    def is_open(self):
+      return self._w.is_open()
+
+    def close(self):
+      self._w.close()
+  monkeypatch.setattr(ario.array_record_module, "ArrayRecordWriter", FullDisk)
+  out = tmp_path / "ds"
+  with pytest.raises(OSError) as info, ario.DatasetWriter(out) as writer:
+    writer.add("train", {"x": np.zeros(3, np.float32)})
+  assert info.value.errno == errno.ENOSPC
+  assert info.value.filename == str(out / "train-00000-of-00001.array_record")
+  assert not out.exists() and os.listdir(tmp_path) == []  # nothing half-written

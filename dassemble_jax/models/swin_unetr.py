@@ -30,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from dassemble_jax.models import onednn_conv
 from dassemble_jax.models.upsample import Upsample2x, flat_kernel_init
 
 
@@ -232,7 +233,8 @@ class ResBlock(nnx.Module):
 
   def __init__(self, in_ch: int, out_ch: int, *, dtype, rngs: nnx.Rngs):
     conv = functools.partial(nnx.Conv, use_bias=False, padding="SAME", dtype=dtype,
-                             kernel_init=flat_kernel_init(), rngs=rngs)
+                             kernel_init=flat_kernel_init(), rngs=rngs,
+                             conv_general_dilated=onednn_conv.conv_general_dilated)
     self.conv1 = conv(in_ch, out_ch, kernel_size=(3, 3, 3))
     self.conv2 = conv(out_ch, out_ch, kernel_size=(3, 3, 3))
     self.conv3 = conv(in_ch, out_ch, kernel_size=(1, 1, 1)) if in_ch != out_ch else None
@@ -277,7 +279,7 @@ class SwinUNETR(nnx.Module):
     win = (window_size,) * 3
     self.patch_embed = nnx.Conv(in_channels, f, kernel_size=(2, 2, 2), strides=(2, 2, 2),
                                 padding="VALID", dtype=dtype, kernel_init=flat_kernel_init(),
-                                rngs=rngs)
+                                rngs=rngs, conv_general_dilated=onednn_conv.conv_general_dilated)
     self.stages = nnx.List([
         SwinStage(f * 2**i, depths[i], num_heads[i], win, patch_merging=patch_merging,
                   dtype=dtype, rngs=rngs) for i in range(4)])

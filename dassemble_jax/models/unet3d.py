@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from dassemble_jax.models import onednn_conv
 from dassemble_jax.models.upsample import Upsample2x, flat_kernel_init
 
 
@@ -33,8 +34,10 @@ class LUConv(nnx.Module):
   def __init__(self, in_ch: int, out_ch: int, *, norm: str = "batch", dtype=None,
                eval_batch_stats: bool = False, rngs: nnx.Rngs):
     self.eval_batch_stats = eval_batch_stats and norm == "batch"
+    # On the CPU the convolution runs through oneDNN (3x XLA:CPU's; see onednn_conv.py).
     self.conv = nnx.Conv(in_ch, out_ch, kernel_size=(3, 3, 3), padding="SAME", dtype=dtype,
-                         kernel_init=flat_kernel_init(), rngs=rngs)
+                         kernel_init=flat_kernel_init(), rngs=rngs,
+                         conv_general_dilated=onednn_conv.conv_general_dilated)
     if norm == "batch":
       # PyTorch momentum 0.1 == Flax momentum 0.9 (weight of the old running value).
       self.norm = nnx.BatchNorm(out_ch, momentum=0.9, epsilon=1e-5, dtype=dtype, rngs=rngs)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Sequence
 
 import jax
 from absl import app, flags
@@ -107,15 +108,22 @@ def settings(table: str, *, tiny: bool = False, data_path: str | None = None,
 def run_table(table: str, workdir: str, *, seeds: int = 5, tiny: bool = False,
               data_path: str | None = None, interest: str = "8", verbose: bool = True,
               vmap_runs: bool | None = None, epochs: int | None = None,
-              num_train: int | None = None) -> dict:
+              num_train: int | None = None, only: Sequence[str] | None = None) -> dict:
   """Runs every setting x seed, writes the table files into workdir, returns the JSON dict.
 
   epochs / num_train (optional): override the recipe's epochs / every source's training size
-  (validation: num_train // 2); the data-size sweep's knobs.
+  (validation: num_train // 2); the data-size sweep's knobs. only (optional): run just these
+  columns, a part of the table: its runs and record go to {table}_runs.json and
+  {table}_part.json, and `merge` joins the parts into the table.
   """
   if seeds < 1:
     raise ValueError(f"--seeds must be >= 1, got {seeds}")
   cols = settings(table, tiny=tiny, data_path=data_path, interest=interest)
+  if only:
+    unknown = set(only) - {name for name, _ in cols}
+    if unknown:
+      raise ValueError(f"--only: {sorted(unknown)} are not columns of {table}")
+    cols = [(name, c) for name, c in cols if name in only]
   for _, c in cols:
     if num_train:
       _resize(c, num_train)
@@ -143,10 +151,13 @@ def run_table(table: str, workdir: str, *, seeds: int = 5, tiny: bool = False,
                       "learning_rate": cols[0][1].learning_rate,
                       "test_subset": int(cols[0][1].get("test_subset", 0) or 0),
                       "backend": jax.default_backend()}}
-  if table == "example2":
-    extra["example2"] = example2.analyse(results, cols, interest)
   os.makedirs(workdir, exist_ok=True)
   atomic.write_json(os.path.join(workdir, f"{table}_runs.json"), results, indent=1)
+  if only:
+    atomic.write_json(os.path.join(workdir, f"{table}_part.json"), extra, indent=1)
+    return extra
+  if table == "example2":
+    extra["example2"] = example2.analyse(results, cols, interest)
   paths = write_report(table, workdir, results, extra)
   if verbose:
     with open(paths["md"], encoding="utf-8") as f:
@@ -268,15 +279,42 @@ def render(table: str, workdir: str) -> dict[str, str]:
   return write_report(table, workdir, results, extra)
 
 
+def merge(table: str, parts: Sequence[str], workdir: str, *, interest: str = "8") -> dict:
+  """Joins the parts of a table (folders written with `only`) into its report in workdir."""
+  results, extras = [], []
+  for part in parts:
+    try:
+      with open(os.path.join(part, f"{table}_runs.json"), encoding="utf-8") as f:
+        results += json.load(f)
+      with open(os.path.join(part, f"{table}_part.json"), encoding="utf-8") as f:
+        extras.append(json.load(f))
+    except (OSError, json.JSONDecodeError) as e:
+      raise SystemExit(f"error: {getattr(e, 'filename', None) or part}: cannot read the "
+                       f"table part ({e})") from None
+  extra = dict(extras[0], wall_s=sum(e["wall_s"] for e in extras), parts=list(parts),
+               program_groups=[g for e in extras for g in e["program_groups"]],
+               subset_sizes={k: v for e in extras for k, v in e["subset_sizes"].items()})
+  if table == "example2":
+    cols = settings(table, tiny=extra["tiny"], interest=interest)
+    extra["example2"] = example2.analyse(results, cols, interest)
+  os.makedirs(workdir, exist_ok=True)
+  atomic.write_json(os.path.join(workdir, f"{table}_runs.json"), results, indent=1)
+  write_report(table, workdir, results, extra)
+  return extra
+
+
 def main(argv):
   del argv
   f = flags.FLAGS
   if f.render_only:
     render(f.table, f.workdir)
     return
+  if f.merge:
+    merge(f.table, f.merge, f.workdir, interest=f.interest)
+    return
   run_table(f.table, f.workdir, seeds=f.seeds, tiny=f.tiny, data_path=f.data_path,
             interest=f.interest, vmap_runs={"auto": None, "true": True, "false": False}[f.vmap],
-            epochs=f.epochs, num_train=f.num_train)
+            epochs=f.epochs, num_train=f.num_train, only=f.only)
 
 
 def _define_flags() -> None:
@@ -295,6 +333,9 @@ def _define_flags() -> None:
   flags.DEFINE_integer("epochs", None, "override the recipe's epochs")
   flags.DEFINE_integer("num_train", None,
                        "override every source's training size (validation: half of it)")
+  flags.DEFINE_list("only", None, "run only these columns (a part of the table; see --merge)")
+  flags.DEFINE_list("merge", None, "join these part folders (written with --only) into "
+                    "--workdir's table; no training")
   flags.DEFINE_bool("render_only", False,
                     "rewrite the report (md, json, plots) from the stored runs; no training")
   flags.mark_flags_as_required(["table", "workdir"])

@@ -113,3 +113,26 @@ def test_size_sweep_report(tmp_path):
   assert rows[0]["gain_over_D0"]["mean"] == pytest.approx(whole["mean"])
   assert (tmp_path / "size_sweep.png").stat().st_size > 0
   assert "| 100 | 8 | 6 |" in (tmp_path / "size_sweep.md").read_text()
+
+
+def test_merge_joins_table_parts(tmp_path):
+  runs = fake_odd_even_runs()
+  extra = {"seeds": 6, "tiny": False, "wall_s": 2.0, "program_groups": [["D0", 6]],
+           "vmapped": False, "subset_sizes": {"D0": [["D0", 500, 250]]},
+           "recipe": {"widths": [8, 16, 32], "epochs": 6, "batch": 16, "learning_rate": 3e-3,
+                      "test_subset": 2000, "backend": "cpu"}}
+  parts = []
+  for name, settings in (("a", ("D0", "D1")), ("b", ("D0+D1",))):
+    d = tmp_path / name
+    d.mkdir()
+    (d / "odd_even_runs.json").write_text(json.dumps([r for r in runs
+                                                      if r["setting"] in settings]))
+    sizes = {s: [[s, 500, 250]] for s in settings}
+    (d / "odd_even_part.json").write_text(json.dumps(dict(extra, subset_sizes=sizes)))
+    parts.append(str(d))
+  merged = tables.merge("odd_even", parts, str(tmp_path / "w"))
+  assert merged["wall_s"] == 4.0 and set(merged["subset_sizes"]) == {"D0", "D1", "D0+D1"}
+  md = (tmp_path / "w" / "odd_even.md").read_text()
+  assert paired_report.markdown(paired_report.table_comparisons("odd_even", runs)) in md
+  with pytest.raises(SystemExit, match="error: .*missing"):
+    tables.merge("odd_even", [str(tmp_path / "missing")], str(tmp_path / "w2"))

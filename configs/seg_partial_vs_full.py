@@ -1,6 +1,7 @@
 """Partial vs full labels on the same images (the analog of "Cityscapes-five vs Cityscapes").
 
   python -m dassemble_jax.main --config=configs/seg_partial_vs_full.py --workdir=/tmp/partial_full
+  python -m dassemble_jax.main --config=configs/seg_partial_vs_full.py:small --workdir=/tmp/pf
   python -m dassemble_jax.main --config=configs/seg_partial_vs_full.py:tiny --workdir=/tmp/pf_tiny
 
 Per seed, two Universal Models on the same phantom training cases: 'partial' sees labels of the
@@ -9,6 +10,8 @@ both are scored on held-out cases with full truth, and the classes of interest a
 paired by seed (dassemble_jax/jobs/partial_full.py). The model, crops and optimiser are the
 universal config's (configs/universal.py: 5 mm, 24^3 crops, U-Net base width 4, MiniLM codes);
 each model gets `num_steps` (100, the universal job's single-source budget).
+':small': the universal config's ':small' sizes (6 mm, 16^3 crops, base width 2; 60 steps per
+model): the stored study (results/seg_partial_vs_full/README.md).
 ':tiny': the same code path in seconds (tests/jobs/test_partial_full.py).
 """
 
@@ -19,9 +22,9 @@ from configs import universal
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   parts = [p for p in (arg or "").split(",") if p]
-  if set(parts) - {"phantom", "tiny"}:
-    raise ValueError(f"config argument {arg!r}: expected '' or 'tiny'")
-  c = universal.get_config("tiny" if "tiny" in parts else None)
+  if set(parts) - {"phantom", "tiny", "small"} or {"tiny", "small"} <= set(parts):
+    raise ValueError(f"config argument {arg!r}: expected '', 'tiny' or 'small'")
+  c = universal.get_config(",".join(p for p in parts if p in ("tiny", "small")) or None)
   # Dispatch key read by dassemble_jax/main.py.
   c.job = "partial_full"
   c.train_single_sources = False

@@ -3,6 +3,7 @@
   python -m dassemble_jax.main --config=configs/universal.py --workdir=/tmp/universal
   python -m dassemble_jax.main --config=configs/universal.py:tiny --workdir=/tmp/universal_tiny
   python -m dassemble_jax.main --config=configs/universal.py:seeds --workdir=/tmp/universal_seeds
+  python -m dassemble_jax.main --config=configs/universal.py:small,seeds --workdir=/tmp/u_small
   python -m dassemble_jax.main --config=configs/universal.py:full --workdir=/data/universal \
       --config.data.shard_dirs='("/shards/btcv", "/shards/lits", "/shards/kits19")' \
       --config.data.test_dirs='("/shards_test/btcv", "/shards_test/lits", "/shards_test/kits19")'
@@ -16,6 +17,8 @@ spleen- and BTCV-like), each annotating its own classes. Sized for the dev machi
 is meant to take <= 15 minutes on 2 idle CPU cores (see benchmarks/universal_step.md for what it
 took on the shared, loaded machine).
 ':tiny': the same code path in seconds (16^3 crops, base width 2, 3 steps): used by the tests.
+':small': the default's sources, case counts and class codes on the tiny volumes and model, 60
+steps per single-source model (the stored seed study: results/universal_default/README.md).
 ':full': the anchor's sizes (1.5 mm, 96^3 crops, U-Net 64..512 or Swin UNETR f=48, MiniLM text
 codes, AdamW 1e-4, batch 2 per device) for an accelerator; point `data.shard_dirs` at converted
 real datasets (`python -m dassemble_jax.ct.convert`), or keep the phantom.
@@ -33,9 +36,9 @@ from dassemble_jax.models import universal_head
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   parts = [p for p in (arg or "").split(",") if p]
-  unknown = set(parts) - {"phantom", "tiny", "full", "swin", "seeds"}
-  if unknown or ("tiny" in parts and "full" in parts):
-    raise ValueError(f"config argument {arg!r}: expected 'phantom', 'tiny' or 'full', "
+  unknown = set(parts) - {"phantom", "tiny", "small", "full", "swin", "seeds"}
+  if unknown or len({"tiny", "small", "full"} & set(parts)) > 1:
+    raise ValueError(f"config argument {arg!r}: expected 'phantom', 'tiny', 'small' or 'full', "
                      "optionally with ',swin' and/or ',seeds'")
   c = ml_collections.ConfigDict()
   # Dispatch key read by dassemble_jax/main.py.
@@ -194,6 +197,20 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.checkpoint_every = 2
     c.eval_every = 2
     c.eval.num_overlays = 2
+  if "small" in parts:
+    # The default's sources, case counts, class codes and schedule on the tiny variant's
+    # volumes and model (a 40 x 36 x 32 phantom resampled to 6 mm, 16^3 crops, base width 2),
+    # 60 steps per single-source model: a seed study that a loaded 2-core CPU finishes.
+    c.data.phantom_shape = (40, 36, 32)
+    c.data.phantom_native_spacing = (4.5, 4.5, 5.0)
+    c.data.spacing = 6.0
+    c.data.jitter = 1
+    c.model.base_channels = 2
+    c.crop_size = 16
+    c.num_steps = 60
+    c.log_every = 20
+    c.checkpoint_every = 60
+    c.eval_every = 20
   if "full" in parts:
     c.data.phantom_train_cases = 24
     c.data.phantom_test_cases = 4

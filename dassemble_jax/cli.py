@@ -109,7 +109,7 @@ def report(e: BaseException, where: str | os.PathLike | None = None) -> None:
 
 # Libraries that write through C++ (Orbax via TensorStore, array_record) report a full disk as
 # a ValueError/RuntimeError whose text carries the OS error; a full disk is never a bug.
-_DISK_FULL = re.compile(r"No space left on device|os_error_code='?28'?|Disk quota exceeded")
+_DISK_FULL = re.compile(r"No space left on device|os_error_code='?28\b|Disk quota exceeded")
 
 
 def disk_full(e: BaseException) -> bool:

@@ -297,7 +297,7 @@ class ScanResult:
   label_map: pathlib.Path | None
   per_class: list[pathlib.Path]
   timings: dict[str, float]
-  input: pathlib.Path | None = None
+  input: pathlib.Path | scan_input.Scan | None = None  # a DICOM input: its Scan (names the series)
   sidecar: pathlib.Path | None = None            # <case>.json: classes, input, warnings
   statistics: list[pathlib.Path] = dataclasses.field(default_factory=list)  # JSON, CSV
   preview: pathlib.Path | None = None            # <case>.png
@@ -431,7 +431,9 @@ def predict_file(apply_fn: Callable[[Any, jax.Array], jax.Array], in_path: str |
                                [class_names[i - 1] for i in ids], compress=compress,
                                class_bits=[i - 1 for i in ids])
   stem = output_stem(out_path)
-  result = ScanResult(pathlib.Path(out_path), written, timings, input=pathlib.Path(in_path),
+  # A DICOM input stays a Scan: its str names the series (a folder may hold several).
+  scan = in_path if isinstance(in_path, scan_input.Scan) else pathlib.Path(in_path)
+  result = ScanResult(pathlib.Path(out_path), written, timings, input=scan,
                       warnings=[f"{in_path}: {w.message}" for w in caught])
   if statistics:
     from dassemble_jax.segmentation import scan_statistics

@@ -23,11 +23,11 @@ import time
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import highdicom as hd  # noqa: E402
-import numpy as np  # noqa: E402
+import highdicom as hd
+import numpy as np
 
-from dassemble_jax.ct import nifti_io, scan_input  # noqa: E402
-from tests.ct import fake_dicom  # noqa: E402
+from dassemble_jax.ct import nifti_io, scan_input
+from tests.ct import fake_dicom
 
 
 def _predict(workdir, inp, out, *extra) -> dict:

@@ -105,13 +105,15 @@ def class_statistics(bits: np.ndarray, hu: np.ndarray, affine: np.ndarray,
 
 
 def to_csv(rows: Sequence[dict]) -> str:
-  """The rows as CSV (one line per class; the per-lesion list stays in the JSON)."""
+  """The rows as CSV (one line per class, floats to 3 decimals; the per-lesion list and the
+  full precision stay in the JSON)."""
   buf = io.StringIO()
   writer = csv.DictWriter(buf, fieldnames=CSV_FIELDS, extrasaction="ignore", lineterminator="\n")
   writer.writeheader()
   for r in rows:
     writer.writerow({k: (" ".join(map(str, v)) if isinstance(v, list) else
-                         "" if v is None else v) for k, v in r.items()})
+                         "" if v is None else round(v, 3) if isinstance(v, float) else v)
+                     for k, v in r.items()})
   return buf.getvalue()
 
 

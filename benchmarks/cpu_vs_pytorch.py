@@ -175,7 +175,7 @@ def torch_train_step(backbone: str, size: int):
     loss = loss_fn(head(net(x)[1]), y)
     loss.backward()
     opt.step()
-    return float(loss)
+    return float(loss.detach())
 
   return step
 

@@ -132,8 +132,9 @@ def verdict(c: Mapping) -> str:
   holm = sum(bool(r["holm"]) for r in rows)
   return (f"{c['a']} vs {c['b']} ({whole['n']} seeds): higher at p < {LEVEL} on {len(up)} of "
           f"{len(rows)} classes{_listed(up)}, lower on {len(down)}{_listed(down)}, no "
-          f"difference on {len(rows) - len(up) - len(down)}; {holm} of {len(rows)} hold under "
-          f"Holm's correction; {'mean over the classes' if len(rows) > 1 else 'difference'} "
+          f"difference on {len(rows) - len(up) - len(down)}; {holm} of the {len(rows)} stay "
+          f"significant under Holm's correction; "
+          f"{'mean over the classes' if len(rows) > 1 else 'difference'} "
           f"{whole['mean']:+.2f} points [{whole['ci_low']:+.2f}, {whole['ci_high']:+.2f}], "
           f"p = {fmt_p(whole['t_p'])}.")
 
@@ -148,7 +149,7 @@ def family_verdict(comps: Sequence[Mapping]) -> str:
   return (f"AUC({cls}) with one more class labelled vs {comps[0]['b']} ({rows[0]['n']} seeds): "
           f"higher at p < {LEVEL} for {len(up)} of {len(rows)} added classes{_listed(up)}, "
           f"lower for {len(down)}{_listed(down)}, no difference for "
-          f"{len(rows) - len(up) - len(down)}; {sum(holm)} of {len(rows)} differences hold "
+          f"{len(rows) - len(up) - len(down)}; {sum(holm)} of the {len(rows)} stay significant "
           "under Holm's correction over the family.")
 
 

@@ -17,7 +17,7 @@ spleen- and BTCV-like), each annotating its own classes. Sized for the dev machi
 is meant to take <= 15 minutes on 2 idle CPU cores (see benchmarks/universal_step.md for what it
 took on the shared, loaded machine).
 ':tiny': the same code path in seconds (16^3 crops, base width 2, 3 steps): used by the tests.
-':small': the default's sources and case counts on the tiny volumes and model (one-hot codes), 60
+':small': the default's sources, case counts and class codes on the tiny volumes and model, 60
 steps per single-source model (the stored seed study: results/universal_default/README.md).
 ':full': the anchor's sizes (1.5 mm, 96^3 crops, U-Net 64..512 or Swin UNETR f=48, MiniLM text
 codes, AdamW 1e-4, batch 2 per device) for an accelerator; point `data.shard_dirs` at converted
@@ -198,17 +198,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.eval_every = 2
     c.eval.num_overlays = 2
   if "small" in parts:
-    # The default's sources, case counts and schedule on the tiny variant's volumes and model
-    # (a 40 x 36 x 32 phantom resampled to 6 mm, 16^3 crops, base width 2, one-hot class
-    # codes), 60 steps per single-source model: a seed study that a loaded 2-core CPU finishes.
+    # The default's sources, case counts, class codes and schedule on the tiny variant's
+    # volumes and model (a 40 x 36 x 32 phantom resampled to 6 mm, 16^3 crops, base width 2),
+    # 60 steps per single-source model: a seed study that a loaded 2-core CPU finishes.
     c.data.phantom_shape = (40, 36, 32)
     c.data.phantom_native_spacing = (4.5, 4.5, 5.0)
     c.data.spacing = 6.0
     c.data.jitter = 1
     c.model.base_channels = 2
-    # One-hot class codes, as ':tiny': with MiniLM codes this small U-Net's first train step
-    # crashed the XLA CPU runtime (a segfault in every process, 2026-12-05).
-    c.model.class_code = "onehot"
     c.crop_size = 16
     c.num_steps = 60
     c.log_every = 20

@@ -21,3 +21,7 @@ SEED = {
     # The seed gives CIFAR gains of 0.0-1.2 points (e.g. cat 85.1 -> 86.1, truck 93.3 -> 94.5).
     "cifar": {"D0": {"cat": 85.1}, "D1": {"truck": 93.3}, "D0+D1": {"cat": 86.1, "truck": 94.5}},
 }
+
+# Example II in the seed (chest X-rays): Pearson r between a class's similarity to the class of
+# interest and the AUC gain its labels bring.
+EXAMPLE2 = {"pearson_r": 0.83, "p_value": 4.9e-4}

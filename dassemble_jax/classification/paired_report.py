@@ -36,6 +36,9 @@ def comparisons(table: str, settings: Sequence[str]) -> list[dict]:
             {"a": "D0+D1 partial", "b": "D1", "classes": ["3", "4", "5", "6", "7"], "expected": 1},
             {"a": "+ semi-supervised", "b": "D0+D1 partial", "classes": list("1234567"), "expected": 1},
             {"a": "fully labelled", "b": "D0+D1 partial", "classes": list("1234567"), "expected": 1}]
+  if table == "semi_ablation":
+    return [{"a": name, "b": "D0+D1 partial", "classes": list("1234567"), "expected": 1}
+            for name in ("pseudo-label term only", "consistency term only")]
   if table == "zero":
     return [{"a": "MNIST", "b": "MNIST-zero", "classes": ["0"], "expected": 1}]
   if table == "example2":

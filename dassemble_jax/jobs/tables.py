@@ -34,7 +34,7 @@ from dassemble_jax.classification import (
   table_report,
 )
 
-TABLES = ("odd_even", "overlap", "zero", "cifar", "example2")
+TABLES = ("odd_even", "overlap", "zero", "cifar", "example2", "semi_ablation")
 
 # The MNIST recipe of the tables, sized for a 2-core CPU shared by several people: an (8, 16, 32)
 # ResNet, 15 epochs of batch 16 at peak lr 3e-3 (warm-up + cosine), and a fixed random 2,000 of
@@ -88,6 +88,17 @@ def settings(table: str, *, tiny: bool = False, data_path: str | None = None,
     return [(name, _mnist(experiments.mnist_overlap(s + suffix), tiny, data_path))
             for name, s in (("D0", "D0"), ("D1", "D1"), ("D0+D1 partial", "partial"),
                             ("+ semi-supervised", "semi"), ("fully labelled", "full"))]
+  if table == "semi_ablation":
+    # The overlap table's semi-supervised setting with one of its two terms switched off.
+    cols = []
+    for name, s, pseudo, consistency in (("D0+D1 partial", "partial", None, None),
+                                         ("pseudo-label term only", "semi", 1.0, 0.0),
+                                         ("consistency term only", "semi", 0.0, 1.0)):
+      c = _mnist(experiments.mnist_overlap(s + suffix), tiny, data_path)
+      if pseudo is not None:
+        c.semisup.pseudo_weight, c.semisup.consistency_weight = pseudo, consistency
+      cols.append((name, c))
+    return cols
   if table == "zero":
     return [(name, _mnist(experiments.mnist_zero(s + suffix), tiny, data_path))
             for name, s in (("MNIST-zero", "zero"), ("MNIST", "all"))]
@@ -170,7 +181,7 @@ def run_table(table: str, workdir: str, *, seeds: int = 5, tiny: bool = False,
 # ------------------------------------------------------------------------------------------------
 # The report of a table's stored runs.
 
-PAIRED_TABLES = ("odd_even", "overlap", "zero", "example2")
+PAIRED_TABLES = ("odd_even", "overlap", "zero", "example2", "semi_ablation")
 # Keys of {table}.json that write_report derives from the runs (the rest is the run's record).
 _DERIVED = ("name", "columns", "classes", "summary", "seed_table", "paired", "curves", "level",
             "decision_rule")

@@ -65,16 +65,27 @@ memory::desc AnyKernel(const Dims& d) {
   return memory::desc(d, memory::data_type::f32, memory::format_tag::any);
 }
 
+// The caller provides each execution's scratchpad: XLA runs one primitive on several threads at
+// once (one per device of a sharded program), and the library-managed scratchpad is shared by
+// those executions (oneDNN's gemm-based backward-weights kernel then writes past it: a crash).
+dnnl::primitive_attr UserScratchpad() {
+  dnnl::primitive_attr attr;
+  attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+  return attr;
+}
+
 dnnl::convolution_forward::primitive_desc ForwardDesc(const Geometry& g) {
   return dnnl::convolution_forward::primitive_desc(
       Engine(), dnnl::prop_kind::forward_training, dnnl::algorithm::convolution_direct,
-      Activation(g.src), AnyKernel(g.weights), Activation(g.dst), g.strides, g.pad_l, g.pad_r);
+      Activation(g.src), AnyKernel(g.weights), Activation(g.dst), g.strides, g.pad_l, g.pad_r,
+      UserScratchpad());
 }
 
 // One cached set of primitives per geometry and direction.
 struct Plan {
   dnnl::primitive conv;
   memory::desc kernel_desc;       // the kernel layout the primitive wants
+  memory::desc scratchpad_desc;
   dnnl::reorder kernel_reorder;   // user DHWIO <-> kernel_desc (direction depends on the plan)
   bool kernel_is_user_layout;
 };
@@ -87,18 +98,21 @@ Plan MakePlan(Kind kind, const Geometry& g) {
   if (kind == Kind::kForward) {
     plan.conv = dnnl::convolution_forward(fwd);
     plan.kernel_desc = fwd.weights_desc();
+    plan.scratchpad_desc = fwd.scratchpad_desc();
   } else if (kind == Kind::kBackwardData) {
     auto pd = dnnl::convolution_backward_data::primitive_desc(
         Engine(), dnnl::algorithm::convolution_direct, Activation(g.src), AnyKernel(g.weights),
-        Activation(g.dst), g.strides, g.pad_l, g.pad_r, fwd);
+        Activation(g.dst), g.strides, g.pad_l, g.pad_r, fwd, UserScratchpad());
     plan.conv = dnnl::convolution_backward_data(pd);
     plan.kernel_desc = pd.weights_desc();
+    plan.scratchpad_desc = pd.scratchpad_desc();
   } else {
     auto pd = dnnl::convolution_backward_weights::primitive_desc(
         Engine(), dnnl::algorithm::convolution_direct, Activation(g.src), AnyKernel(g.weights),
-        Activation(g.dst), g.strides, g.pad_l, g.pad_r, fwd);
+        Activation(g.dst), g.strides, g.pad_l, g.pad_r, fwd, UserScratchpad());
     plan.conv = dnnl::convolution_backward_weights(pd);
     plan.kernel_desc = pd.diff_weights_desc();
+    plan.scratchpad_desc = pd.scratchpad_desc();
   }
   auto user = UserKernel(g.weights);
   plan.kernel_is_user_layout = plan.kernel_desc == user;
@@ -136,15 +150,16 @@ void Run(Kind kind, const Plan& plan, const Geometry& g, void* src, void* kernel
     plan.kernel_reorder.execute(stream, user_kernel, kernel_mem);
   }
   memory src_mem(Activation(g.src), eng, src), dst_mem(Activation(g.dst), eng, dst);
+  memory scratchpad(plan.scratchpad_desc, eng);  // this execution's own
   if (kind == Kind::kForward) {
     plan.conv.execute(stream, {{DNNL_ARG_SRC, src_mem}, {DNNL_ARG_WEIGHTS, kernel_mem},
-                               {DNNL_ARG_DST, dst_mem}});
+                               {DNNL_ARG_DST, dst_mem}, {DNNL_ARG_SCRATCHPAD, scratchpad}});
   } else if (kind == Kind::kBackwardData) {
     plan.conv.execute(stream, {{DNNL_ARG_DIFF_SRC, src_mem}, {DNNL_ARG_WEIGHTS, kernel_mem},
-                               {DNNL_ARG_DIFF_DST, dst_mem}});
+                               {DNNL_ARG_DIFF_DST, dst_mem}, {DNNL_ARG_SCRATCHPAD, scratchpad}});
   } else {
     plan.conv.execute(stream, {{DNNL_ARG_SRC, src_mem}, {DNNL_ARG_DIFF_WEIGHTS, kernel_mem},
-                               {DNNL_ARG_DIFF_DST, dst_mem}});
+                               {DNNL_ARG_DIFF_DST, dst_mem}, {DNNL_ARG_SCRATCHPAD, scratchpad}});
     if (!plan.kernel_is_user_layout) plan.kernel_reorder.execute(stream, kernel_mem, user_kernel);
   }
   stream.wait();

@@ -73,6 +73,21 @@ def test_batch_sharded_over_a_mesh_matches_one_device():
   np.testing.assert_allclose(dws, dw, rtol=1e-5, atol=1e-4)
 
 
+def test_many_devices_run_one_primitive_at_once():
+  """Eight devices execute the same (gemm-based, few-channel) primitives concurrently: each
+  execution needs its own scratchpad (a shared one crashed the process in the universal job)."""
+  mesh = jax.make_mesh((8,), ("data",))
+  x = jax.device_put(jax.random.normal(jax.random.key(4), (8, 16, 16, 16, 1)),
+                     NamedSharding(mesh, P("data")))
+  w = jax.device_put(jax.random.normal(jax.random.key(5), (3, 3, 3, 1, 2)),
+                     NamedSharding(mesh, P()))
+  grad = jax.jit(_loss(onednn_conv.conv_general_dilated, (1, 1, 1), "SAME"))
+  _, (_, dw_ref) = jax.jit(_loss(lax.conv_general_dilated, (1, 1, 1), "SAME"))(x, w)
+  for _ in range(5):
+    _, (_, dw) = grad(x, w)
+    np.testing.assert_allclose(dw, dw_ref, rtol=1e-4, atol=1e-4)
+
+
 def test_switch_and_unsupported_cases_use_xla(monkeypatch):
   x = jnp.ones((1, 4, 4, 4, 2))
   w = jnp.ones((3, 3, 3, 2, 2))

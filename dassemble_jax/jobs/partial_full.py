@@ -24,6 +24,7 @@ verdict at p < 0.05).
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 
@@ -96,6 +97,10 @@ def seed_data(config, seed: int, data_root: str) -> dict[str, str]:
   return out
 
 
+def _finite(v) -> bool:
+  return v is not None and math.isfinite(float(v))
+
+
 def _converted(folder) -> bool:
   try:
     arrayrecord_io.read_manifest(folder)
@@ -164,9 +169,10 @@ def run(config, workdir: str) -> dict:
       print(f"\n##### seed {seed}: {seed_dir}", flush=True)
       per_seed[seed] = run_seed(config, seed, seed_dir)
   table = seed_study.partial_full_table(per_seed, tuple(pf.classes))
-  table.update(settings=settings(config),
-               full_classes=sorted(set().union(*(r["full_all_classes"]
-                                                 for r in per_seed.values()))))
+  # The classes 'full' was scored on (a finite held-out DSC on every seed).
+  table.update(settings=settings(config), full_classes=sorted(
+      c for c in per_seed[seeds[0]]["full_all_classes"]
+      if all(_finite(r["full_all_classes"].get(c)) for r in per_seed.values())))
   print("\n" + table["text"], flush=True)
   reports.write_text(os.path.join(workdir, "partial_full.txt"), table["text"] + "\n")
   reports.write_summary(os.path.join(workdir, TABLE_FILE), table)

@@ -1,6 +1,7 @@
 """The partial-vs-full labelling study: the restricted shards and the paired table."""
 
 import json
+import pathlib
 
 import numpy as np
 import pytest
@@ -9,6 +10,7 @@ from configs import seg_partial_vs_full
 from dassemble_jax.ct import bitmask, taxonomy
 from dassemble_jax.data import arrayrecord_io
 from dassemble_jax.jobs import partial_full
+from dassemble_jax.segmentation import seed_study
 
 
 def test_partial_and_full_shards_share_images_and_differ_only_in_labels(tmp_path):
@@ -69,3 +71,22 @@ def test_run_tables_the_seeds_and_refuses_a_seed_made_otherwise(tmp_path, monkey
   c.partial_full.classes = ("liver", "no_such_organ")
   with pytest.raises(ValueError, match="no_such_organ"):
     partial_full.run(c, str(tmp_path / "w"))
+
+
+def test_stored_study_and_readme_are_recomputed_from_the_seed_results():
+  """results/seg_partial_vs_full: the table recomputed from each seed's result.json equals the
+  stored one, and README.md shows its lines."""
+  root = pathlib.Path(__file__).resolve().parents[2]
+  res = root / "results" / "seg_partial_vs_full"
+  stored = json.loads((res / partial_full.TABLE_FILE).read_text())
+  assert len(stored["seeds"]) >= 5
+  per_seed = {s: json.loads((res / f"seed_{s}" / partial_full.RESULT_FILE).read_text())
+              for s in stored["seeds"]}
+  for r in per_seed.values():
+    assert r["settings"] == stored["settings"]
+  table = seed_study.partial_full_table(per_seed, stored["classes"])
+  assert table["text"] == stored["text"]
+  assert (res / "partial_full.txt").read_text() == stored["text"] + "\n"
+  readme = (root / "README.md").read_text().splitlines()
+  missing = [ln for ln in table["text"].splitlines() if ln.strip() and ln not in readme]
+  assert not missing, f"README.md lacks these lines of the stored table: {missing[:3]}"

@@ -122,7 +122,7 @@ def _universal_text(t: dict) -> str:
     o = t["overall"].get(m)
     if o is not None:
       lines.append(f"on {m}'s {len(o['classes'])} classes together: "
-                   f"assembly {o['mean_a']:.3f} vs {o['mean_b']:.3f}, "
+                   f"assembly {o['mean_b']:.3f} vs {o['mean_a']:.3f}, "
                    f"{_diff_cell(o)}, t p {_p(o['t_p'])}, Wilcoxon p {_p(o['wilcoxon_p'])}, "
                    f"higher/lower {_higher(o)}, {o['verdict']}")
     for c, r in rows.items():

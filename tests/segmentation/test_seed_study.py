@@ -83,6 +83,8 @@ def test_universal_table_pairs_each_source_with_the_assembly_on_its_classes():
                                      (0.92 + 0.5 + 0.6 - 0.90 - 0.7 - 0.0) / 3,
                                      (0.91 + 0.4 + 0.8 - 0.88 - 0.9 - 0.2) / 3])
   assert "0.910 ± 0.010" in t["text"]  # assembly liver: mean 0.91, sample std 0.01
+  # The line of src_a's classes names the assembly's mean first (0.91 vs src_a's 0.79).
+  assert "on src_a's 1 classes together: assembly 0.910 vs 0.790, +0.120" in t["text"]
   # String seed keys (as JSON gives them back) give the same table.
   again = seed_study.universal_table({str(k): v for k, v in per_seed.items()})
   assert again["text"] == t["text"]

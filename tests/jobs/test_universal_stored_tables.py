@@ -36,7 +36,7 @@ def test_stored_seed_study_is_recomputed_from_its_runs():
 
 
 def test_readme_shows_the_recomputed_table_and_the_command_that_made_it():
-  study, table = _recomputed()
+  _, table = _recomputed()
   readme = (ROOT / "README.md").read_text()
   lines = set(readme.splitlines())
   missing = [ln for ln in table["text"].splitlines() if ln.strip() and ln not in lines]

@@ -154,7 +154,7 @@ def jax_sliding(shape, window):
 def torch_modules():
   import torch
   sys.path.insert(0, str(REPO / "tests" / "models"))
-  import make_anchor_reference as ref  # noqa: E402  (the anchor's U-Net; MONAI's SwinUNETR)
+  import make_anchor_reference as ref  # the anchor's U-Net; MONAI's SwinUNETR
   torch.set_num_threads(os.cpu_count())
   return torch, ref
 
@@ -216,33 +216,34 @@ def rows_spec():
   sliding_shape, window = (160, 160, 96), (64, 64, 64)
   windows = 4 * 4 * 2
   return {
-      "conv": dict(work="one 3x3x3 conv 64->64 at 64^3, forward + backward",
-                   ours=lambda: jax_conv(64, 64), torch=lambda: torch_conv(64, 64),
-                   flops=3 * 2 * 64**3 * 27 * 64 * 64, items=1, unit="call"),
-      "unet64": dict(work="U-Net (19.07 M) train step, batch 1, 64^3, BatchNorm, AdamW",
-                     ours=lambda: jax_train_step("unet", 64),
-                     torch=lambda: torch_train_step("unet", 64),
-                     flops=3 * unet_flops(64), items=1, unit="step"),
-      "unet96": dict(work="U-Net (19.07 M) train step, batch 1, 96^3, BatchNorm, AdamW",
-                     ours=lambda: jax_train_step("unet", 96),
-                     torch=lambda: torch_train_step("unet", 96),
-                     flops=3 * unet_flops(96), items=1, unit="step"),
-      "swin64": dict(work="Swin UNETR (62.19 M) train step, batch 1, 64^3, AdamW",
-                     ours=lambda: jax_train_step("swin", 64),
-                     torch=lambda: torch_train_step("swin", 64), flops=None, items=1,
-                     unit="step"),
-      "sliding": dict(work="sliding window, 160 x 160 x 96, 64^3 windows, overlap 0.5, "
-                           "U-Net + 1x1x1 to 32",
-                      ours=lambda: jax_sliding(sliding_shape, window),
-                      torch=lambda: torch_sliding(sliding_shape, window),
-                      flops=windows * unet_flops(64), items=windows, unit="window"),
+      "conv": {"work": "one 3x3x3 conv 64->64 at 64^3, forward + backward",
+               "ours": lambda: jax_conv(64, 64), "torch": lambda: torch_conv(64, 64),
+               "flops": 3 * 2 * 64**3 * 27 * 64 * 64, "items": 1, "unit": "call"},
+      "unet64": {"work": "U-Net (19.07 M) train step, batch 1, 64^3, BatchNorm, AdamW",
+                 "ours": lambda: jax_train_step("unet", 64),
+                 "torch": lambda: torch_train_step("unet", 64),
+                 "flops": 3 * unet_flops(64), "items": 1, "unit": "step"},
+      "unet96": {"work": "U-Net (19.07 M) train step, batch 1, 96^3, BatchNorm, AdamW",
+                 "ours": lambda: jax_train_step("unet", 96),
+                 "torch": lambda: torch_train_step("unet", 96),
+                 "flops": 3 * unet_flops(96), "items": 1, "unit": "step"},
+      "swin64": {"work": "Swin UNETR (62.19 M) train step, batch 1, 64^3, AdamW",
+                 "ours": lambda: jax_train_step("swin", 64),
+                 "torch": lambda: torch_train_step("swin", 64), "flops": None, "items": 1,
+                 "unit": "step"},
+      "sliding": {"work": ("sliding window, 160 x 160 x 96, 64^3 windows, overlap 0.5, "
+                           "U-Net + 1x1x1 to 32"),
+                  "ours": lambda: jax_sliding(sliding_shape, window),
+                  "torch": lambda: torch_sliding(sliding_shape, window),
+                  "flops": windows * unet_flops(64), "items": windows, "unit": "window"},
   }
 
 
 def machine() -> dict:
   import torch
-  model = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
-                if line.startswith("model name")), platform.processor())
+  with open("/proc/cpuinfo") as f:
+    model = next((line.split(":", 1)[1].strip() for line in f
+                  if line.startswith("model name")), platform.processor())
   return {"cpu": model, "cores": os.cpu_count(), "jax": jax.__version__,
           "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
           "onednn_conv": onednn_conv.available(), "platform": platform.platform(),
@@ -277,6 +278,10 @@ def run_row(name: str, spec: dict, repeats: int, with_xla: bool) -> dict:
   return out
 
 
+def _gflops(row: dict, side: str) -> str:
+  return f" ({row[side + '_gflops']:.0f} GFLOP/s)" if f"{side}_gflops" in row else ""
+
+
 def main():
   p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   p.add_argument("--rows", default="conv,unet64,unet96,swin64,sliding")
@@ -298,13 +303,12 @@ def main():
     print(json.dumps(row), flush=True)
     with open(out / "rows.jsonl", "a") as f:
       f.write(json.dumps(row) + "\n")
-  lines = ["| work | ours (JAX, oneDNN conv) | PyTorch / MONAI | ours with XLA conv | "
-           "ratio (PyTorch time / ours) |", "|---|---|---|---|---|"]
+  lines = [("| work | ours (JAX, oneDNN conv) | PyTorch / MONAI | ours with XLA conv | "
+            "ratio (PyTorch time / ours) |"), "|---|---|---|---|---|"]
   for r in results:
-    g = lambda side: (f" ({r[side + '_gflops']:.0f} GFLOP/s)" if f"{side}_gflops" in r else "")
-    xla = f"{r['xla_s']:.2f} s{g('xla')}" if "xla_s" in r else "not run"
-    lines.append(f"| {r['work']} | {r['ours_s']:.2f} s{g('ours')} | {r['torch_s']:.2f} s"
-                 f"{g('torch')} | {xla} | {r['ratio']:.2f} |")
+    xla = f"{r['xla_s']:.2f} s{_gflops(r, 'xla')}" if "xla_s" in r else "not run"
+    lines.append(f"| {r['work']} | {r['ours_s']:.2f} s{_gflops(r, 'ours')} | {r['torch_s']:.2f} s"
+                 f"{_gflops(r, 'torch')} | {xla} | {r['ratio']:.2f} |")
   (out / "table.md").write_text("\n".join(lines) + "\n")
   print("\n".join(lines))
 

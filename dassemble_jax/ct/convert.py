@@ -47,6 +47,7 @@ from typing import Any
 
 import numpy as np
 
+from dassemble_jax import cli
 from dassemble_jax.ct import datasets, layouts, nifti_io, preprocess, resample, scan_input, taxonomy
 from dassemble_jax.ct.nifti_io import CaseError
 from dassemble_jax.data.arrayrecord_io import DatasetWriter
@@ -312,16 +313,38 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser.add_argument("--limit", type=int, default=None, help="convert only the first N cases")
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--overwrite", action="store_true")
+  cli.add_debug_argument(parser)
   a = parser.parse_args(argv)
+  problem = _flag_problem(a)
+  if problem:
+    print(f"error: {problem}", file=sys.stderr)
+    return 2
+  return cli.run_main(lambda _: _convert(a), output=a.output, debug=a.debug,
+                      user_errors=(CaseError, FileExistsError, KeyError))
+
+
+def _flag_problem(a) -> str | None:
+  """What is wrong with the flags, before any file is read (None: nothing)."""
+  if len(a.spacing) not in (1, 3):
+    return f"--spacing {' '.join(map(str, a.spacing))}: give 1 or 3 values (mm)"
+  if not all(np.isfinite(s) and s > 0 for s in a.spacing):
+    return f"--spacing {' '.join(map(str, a.spacing))}: voxel sizes must be > 0 mm"
+  if a.workers < 0:
+    return f"--workers {a.workers}: must be >= 0"
+  if a.shards is not None and a.shards < 1:
+    return f"--shards {a.shards}: must be >= 1"
+  if not 0.0 <= a.val_fraction < 1.0:
+    return f"--val-fraction {a.val_fraction}: must be in [0, 1)"
+  return None
+
+
+def _convert(a) -> int:
+  cli.check_output_folder(a.output, "--output")
   class_map = layouts.read_class_map(a.class_map, a.class_map_key) if a.class_map else None
-  try:
-    manifest = convert_dataset(
-        a.dataset, a.input, a.output, spacing=a.spacing if len(a.spacing) == 3 else a.spacing[0],
-        on_error=a.on_error, workers=a.workers, shards=a.shards, overwrite=a.overwrite,
-        val_fraction=a.val_fraction, seed=a.seed, class_map=class_map, limit=a.limit)
-  except (CaseError, FileExistsError, KeyError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 1
+  manifest = convert_dataset(
+      a.dataset, a.input, a.output, spacing=a.spacing if len(a.spacing) == 3 else a.spacing[0],
+      on_error=a.on_error, workers=a.workers, shards=a.shards, overwrite=a.overwrite,
+      val_fraction=a.val_fraction, seed=a.seed, class_map=class_map, limit=a.limit)
   counts = {split: len(ids) for split, ids in manifest["cases"].items()}
   print(f"wrote {a.output}: {counts}, skipped {len(manifest['skipped'])}, "
         f"{manifest['seconds']:.1f} s")

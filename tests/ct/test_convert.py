@@ -302,3 +302,26 @@ def test_dicom_series_with_a_missing_slice_is_a_bad_case(tmp_path):
                                      progress=False)
   assert manifest["cases"] == {"train": ["PANCREAS_0001"]}
   assert "uneven slice spacing" in manifest["skipped"][0]["error"]
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--spacing", "0"], "error: --spacing 0.0: voxel sizes must be > 0 mm\n"),
+    (["--spacing", "1.5", "-1", "1.5"], "error: --spacing 1.5 -1.0 1.5: voxel sizes must be > 0 mm\n"),
+    (["--spacing", "1", "2"], "error: --spacing 1.0 2.0: give 1 or 3 values (mm)\n"),
+    (["--val-fraction", "1"], "error: --val-fraction 1.0: must be in [0, 1)\n"),
+])
+def test_cli_refuses_bad_flags_before_reading(tmp_path, capsys, flags, message):
+  """`--spacing 0` is the flag's fault, said before any scan is read (it once blamed the scan)."""
+  argv = ["--dataset", "msd_task09_spleen", "--input", str(tmp_path / "missing"),
+          "--output", str(tmp_path / "o")] + flags
+  assert convert.main(argv) == 2
+  assert capsys.readouterr().err == message
+  assert not (tmp_path / "o").exists()
+
+
+def test_cli_output_that_is_a_file(tmp_path, capsys):
+  (tmp_path / "o").write_text("not a folder")
+  argv = ["--dataset", "msd_task09_spleen", "--input", str(tmp_path), "--output",
+          str(tmp_path / "o")]
+  assert convert.main(argv) == 1
+  assert capsys.readouterr().err == f"error: {tmp_path / 'o'}: --output exists and is not a folder\n"

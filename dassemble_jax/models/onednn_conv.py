@@ -169,6 +169,7 @@ def _partitioned(name: str):
 
   def partition(out_shape, strides, pads, mesh, arg_shapes, result_shape):
     batch, arg_shardings, out_sharding = shardings(mesh, arg_shapes)
+
     def lower(a, b):
       shape = out_shape if name == "backward_weights" else (a.shape[0], *out_shape[1:])
       # One call per device runs at once: one core each (see `Conv` in the .cc).

@@ -49,6 +49,14 @@ def load(path: str | os.PathLike, *, dtype=None) -> tuple[np.ndarray, np.ndarray
     # nibabel would fall back to a pixdim-only affine: no orientation, often the wrong one.
     raise CaseError(f"{path}: header has neither a qform nor an sform (qform_code = sform_code "
                     "= 0): the scan's orientation is unknown")
+  if isinstance(header, nib.Nifti1Header) and int(header["sform_code"]) == 0:
+    # The qform scales by pixdim, and nibabel silently turns a zero pixdim into 1 mm (its
+    # header check, on read): look at the file's own values.
+    sizes = _raw_voxel_sizes(path, type(header))
+    if not np.all(sizes > 0):
+      raise CaseError(f"{path}: voxel sizes (pixdim) {sizes.tolist()} in a header whose only "
+                      "geometry is the qform: a size of 0 or below cannot be right (nibabel "
+                      "would read it as 1 mm)")
   try:
     data = np.asanyarray(img.dataobj)
     affine = np.asarray(img.affine, np.float64)
@@ -86,6 +94,14 @@ def _check_size(path: pathlib.Path, header, compressed: bool) -> None:
   if needed > limit:
     raise CaseError(f"{path}: header claims {shape} voxels ({needed / 2**20:.0f} MiB), more than "
                     f"a {path.stat().st_size}-byte file can hold")
+
+
+def _raw_voxel_sizes(path, header_class) -> np.ndarray:
+  """pixdim[1:4] as the file stores them, before nibabel's header check fixes them."""
+  opener = igzip.open if str(path).endswith(".gz") else open
+  with opener(path, "rb") as f:
+    raw = f.read(header_class.sizeof_hdr)
+  return np.asarray(header_class(raw, check=False)["pixdim"][1:4], np.float64)
 
 
 def _read_image(path: pathlib.Path):

@@ -110,6 +110,24 @@ def test_a_header_without_qform_or_sform_is_refused(tmp_path):
   nifti_io.load(_nifti(tmp_path / "sform_only.nii.gz", np.zeros((6, 5, 4), np.int16), qform=0))
 
 
+@pytest.mark.parametrize("sizes", [(0.0, 0.0, 0.0), (0.8, 0.8, 0.0), (0.8, -0.8, 2.5)])
+def test_a_qform_only_header_with_zero_or_negative_pixdim_is_refused(tmp_path, sizes):
+  """nibabel reads a zero pixdim as 1 mm (a silently wrong geometry): refused instead."""
+  header = nib.Nifti1Header()  # written by hand: nib.save would fix the pixdims
+  header.set_data_shape((6, 5, 4))
+  header.set_data_dtype(np.int16)
+  header.set_qform(np.diag([0.8, 0.8, 2.5, 1.0]), code=1)
+  header["pixdim"][1:4] = sizes
+  path = tmp_path / "pixdim0.nii.gz"
+  path.write_bytes(gzip.compress(header.binaryblock + b"\0" * 4 + bytes(6 * 5 * 4 * 2)))
+  with pytest.raises(nifti_io.CaseError, match=r"voxel sizes \(pixdim\).*only geometry is the qform"):
+    nifti_io.load(path)
+  header["pixdim"][1:4] = (0.8, 0.8, 2.5)
+  path.write_bytes(gzip.compress(header.binaryblock + b"\0" * 4 + bytes(6 * 5 * 4 * 2)))
+  _, affine = nifti_io.load(path)
+  np.testing.assert_allclose(np.abs(np.diag(affine))[:3], (0.8, 0.8, 2.5))
+
+
 @pytest.mark.parametrize("suffix", [".nii", ".nii.gz"])
 def test_a_header_claiming_more_voxels_than_the_file_holds_is_refused_before_allocating(
     tmp_path, suffix):

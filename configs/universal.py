@@ -23,7 +23,7 @@ steps per single-source model (the stored seed study: results/universal_default/
 codes, AdamW 1e-4, batch 2 per device) for an accelerator; point `data.shard_dirs` at converted
 real datasets (`python -m dassemble_jax.ct.convert`), or keep the phantom.
 Append ',swin' to use Swin UNETR (e.g. 'full,swin').
-':seeds': the default job once per seed 0, 1, 2 (DIR/seed_<s>), then the comparison across seeds
+':seeds': the default job once per seed 0 to 4 (DIR/seed_<s>), then the comparison across seeds
 with its paired tests (DIR/seeds.{txt,json}); results/universal_default/ holds the stored one,
 whose verdicts the default run prints after its own table.
 """
@@ -231,7 +231,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.eval_every = 2000
     c.eval.nsd_tolerance_mm = 1.5
   if "seeds" in parts:
-    c.seeds = (0, 1, 2)
+    c.seeds = (0, 1, 2, 3, 4)
   if "swin" in parts:
     c.model.backbone = "swin"
     c.crop_size = max(32, c.crop_size // 32 * 32)

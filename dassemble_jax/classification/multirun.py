@@ -260,6 +260,10 @@ def run_group(runs: Sequence[Run], *, verbose: bool = True) -> list[dict]:
                 "test_auc": {c: float(a) for c, a in zip(label_space, auc)},
                 "mean_test_auc": float(np.nanmean(auc)), "best_epoch": int(best_epoch[i]),
                 "best_val_auc": float(best_val[i]), "num_test": int(s["test"]["image"].shape[0]),
+                # Examples each source holds (a config's -1 means "all available").
+                "source_sizes": {src["name"]: [int(np.sum(s[split]["source"] == j))
+                                               for split in ("train", "validation")]
+                                 for j, src in enumerate(r.config.data.sources)},
                 "group_size": n, "compile_s": compile_s, "group_train_s": train_s,
                 "group_images_per_s": images_trained / train_s,
                 "history": [{"epoch": h["epoch"], "loss": h["loss"][i],

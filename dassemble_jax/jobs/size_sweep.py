@@ -1,12 +1,14 @@
 """When does assembly help? The odd/even table at several per-source training sizes.
 
-  python -m dassemble_jax.jobs.size_sweep --workdir=results/size_sweep --sizes=100,300,1000 \
-      --seeds=5 --base=results/odd_even
+  python -m dassemble_jax.jobs.size_sweep --workdir=results/size_sweep \
+      --sizes=100,300,1000,3000,all --seeds=5 --base=results/odd_even
   python -m dassemble_jax.jobs.size_sweep --workdir=results/size_sweep --report_only ...
 
 Each size N runs `jobs.tables` odd_even with N training + N // 2 validation images per source
 and `tables.sweep_epochs(N)` epochs (about the same number of images seen per source at every
-size) into WORKDIR/nN/, skipping a size whose runs are stored already; --base adds a stored
+size) into WORKDIR/nN/, skipping a size whose runs are stored already. 'all' trains each source
+on every training image of its digits and validates on every validation image of them
+(ALL_EPOCHS epochs, WORKDIR/nall/). --base adds a stored
 odd/even table (the main one: 500 per source) as one more size. The report (WORKDIR/size_sweep.md,
 .json, .png): per size, the gain of D0+D1 over D0 on the odd digits and over D1 on the even
 ones, each seed's mean over those classes, paired by seed (mean, 95% t interval, paired t-test;
@@ -24,6 +26,12 @@ from absl import app, flags
 from dassemble_jax import atomic
 from dassemble_jax.classification import paired_report
 from dassemble_jax.jobs import tables
+
+# Epochs at the whole set (about 25,000 training images per source): 3 epochs are about 75,000
+# images seen per source, ten times what the stated sizes see (tables.sweep_epochs keeps at least
+# 8 epochs, which would be 200,000 here and about an hour of a 2-core CPU per seed); the
+# validation curves (nall/odd_even_curves.png) show whether that is enough.
+ALL_EPOCHS = 3
 
 
 def _load(folder: str) -> tuple[list, dict] | None:
@@ -43,6 +51,35 @@ def _size_of(meta: dict) -> int:
   return int(meta["subset_sizes"]["D0"][0][1])
 
 
+def _is_all(meta: dict) -> bool:
+  """Whether the table ran every image of each source's digits (--num_train=-1)."""
+  return bool(meta.get("num_train_all", False))
+
+
+def parse_sizes(text: str) -> list[int]:
+  """'100,300,all' -> [100, 300, -1] (-1: every image of the source's digits)."""
+  sizes = []
+  for part in (p.strip() for p in text.split(",")):
+    if not part:
+      continue
+    if part == "all":
+      sizes.append(-1)
+    elif part.isdigit() and int(part) > 0:
+      sizes.append(int(part))
+    else:
+      raise ValueError(f"--sizes: {part!r} is not a positive number of images or 'all'")
+  return sizes
+
+
+def epochs_for(num_train: int) -> int:
+  """tables.sweep_epochs for a stated size; ALL_EPOCHS for the whole set (-1)."""
+  return ALL_EPOCHS if num_train < 0 else tables.sweep_epochs(num_train)
+
+
+def folder_for(workdir: str, num_train: int) -> str:
+  return os.path.join(workdir, "nall" if num_train < 0 else f"n{num_train}")
+
+
 def summarise(folders: list[str]) -> list[dict]:
   """Per stored size (ascending): gains of D0+D1 over each source, paired by seed."""
   rows = []
@@ -51,8 +88,9 @@ def summarise(folders: list[str]) -> list[dict]:
     if loaded is None:
       continue
     runs, meta = loaded
-    row = {"num_train": _size_of(meta), "folder": folder, "epochs": meta["recipe"]["epochs"],
-           "seeds": len({r["seed"] for r in runs})}
+    row = {"num_train": _size_of(meta), "all": _is_all(meta), "folder": folder,
+           "epochs": meta["recipe"]["epochs"], "seeds": len({r["seed"] for r in runs}),
+           "num_train_D1": int(meta["subset_sizes"]["D1"][0][1])}
     for c in paired_report.comparisons("odd_even", []):
       whole = paired_report.compare(runs, c["a"], c["b"], c["classes"])[-1]
       row[f"gain_over_{c['b']}"] = {k: whole[k] for k in
@@ -76,7 +114,9 @@ def markdown(rows: list[dict]) -> str:
       g = r[f"gain_over_{b}"]
       cells.append(f"{g['mean']:+.2f} [{g['ci_low']:+.2f}, {g['ci_high']:+.2f}], "
                    f"p = {paired_report.fmt_p(g['t_p'])}")
-    lines.append(f"| {r['num_train']} | {r['epochs']} | {r['seeds']} | "
+    size = (f"all: {r['num_train']:,} (D0) / {r['num_train_D1']:,} (D1)" if r.get("all")
+            else str(r["num_train"]))
+    lines.append(f"| {size} | {r['epochs']} | {r['seeds']} | "
                  f"{r['mean_auc_D0']:.2f} / {r['mean_auc_D1']:.2f} / {r['mean_auc_D0+D1']:.2f}"
                  f" | {cells[0]} | {cells[1]} |")
   return "\n".join(lines)
@@ -96,7 +136,8 @@ def plot(path: str, rows: list[dict]) -> None:
                 label=f"D0+D1 {label}")
   ax.axhline(0, color="k", lw=0.6)
   ax.set_xscale("log")
-  ax.set_xticks(x, [str(int(v)) for v in x])
+  ax.set_xticks(x, [f"all\n({int(v):,})" if r.get("all") else str(int(v))
+                    for v, r in zip(x, rows)])
   ax.set_xlabel("training images per source")
   ax.set_ylabel("gain in mean test AUC (points)")
   ax.set_title("MNIST odd/even: gain of assembly, mean and 95% CI over seeds")
@@ -129,20 +170,21 @@ def write_report(workdir: str, folders: list[str]) -> dict:
 def main(argv):
   del argv
   f = flags.FLAGS
-  sizes = [int(s) for s in f.sizes.split(",") if s]
-  folders = [os.path.join(f.workdir, f"n{n}") for n in sizes]
+  sizes = parse_sizes(f.sizes)
+  folders = [folder_for(f.workdir, n) for n in sizes]
   if not f.report_only:
     for n, folder in zip(sizes, folders):
       if _load(folder) is None:
-        tables.run_table("odd_even", folder, seeds=f.seeds, num_train=n,
-                         epochs=tables.sweep_epochs(n))
+        tables.run_table("odd_even", folder, seeds=f.seeds, num_train=n, epochs=epochs_for(n))
   out = write_report(f.workdir, folders + ([f.base] if f.base else []))
   print(out["markdown"])
 
 
 def _define_flags() -> None:
   flags.DEFINE_string("workdir", None, "output folder (one subfolder per size)")
-  flags.DEFINE_string("sizes", "100,300,1000", "training images per source, comma separated")
+  flags.DEFINE_string("sizes", "100,300,1000",
+                      "training images per source, comma separated; 'all': every image of the "
+                      "source's digits")
   flags.DEFINE_integer("seeds", 5, "seeds per setting and size")
   flags.DEFINE_string("base", None, "a stored odd/even table folder to add as one more size")
   flags.DEFINE_bool("report_only", False, "only write the report from the stored runs")

@@ -56,8 +56,9 @@ def sweep_epochs(num_train: int) -> int:
 
 
 def _resize(c, num_train: int):
-  """Every source to num_train training + num_train // 2 validation images."""
-  c.data.sources = tuple(dict(s, num_train=num_train, num_validation=num_train // 2)
+  """Every source to num_train training + num_train // 2 validation images; -1: all of both."""
+  c.data.sources = tuple(dict(s, num_train=num_train,
+                              num_validation=-1 if num_train < 0 else num_train // 2)
                          for s in c.data.sources)
   return c
 
@@ -129,6 +130,8 @@ def run_table(table: str, workdir: str, *, seeds: int = 5, tiny: bool = False,
   """
   if seeds < 1:
     raise ValueError(f"--seeds must be >= 1, got {seeds}")
+  if num_train is not None and (num_train == 0 or num_train < -1):
+    raise ValueError(f"--num_train must be positive or -1 (all), got {num_train}")
   cols = settings(table, tiny=tiny, data_path=data_path, interest=interest)
   if only:
     unknown = set(only) - {name for name, _ in cols}
@@ -136,7 +139,7 @@ def run_table(table: str, workdir: str, *, seeds: int = 5, tiny: bool = False,
       raise ValueError(f"--only: {sorted(unknown)} are not columns of {table}")
     cols = [(name, c) for name, c in cols if name in only]
   for _, c in cols:
-    if num_train:
+    if num_train is not None:
       _resize(c, num_train)
     if epochs:
       c.num_epochs = epochs
@@ -155,8 +158,9 @@ def run_table(table: str, workdir: str, *, seeds: int = 5, tiny: bool = False,
            "program_groups": [sorted({runs[i].setting for i in g}) + [len(g)]
                               for g in multirun.group_runs(runs)],
            "vmapped": vmapped,
-           "subset_sizes": {name: [(s["name"], s["num_train"], s["num_validation"])
-                                   for s in c.data.sources] for name, c in cols},
+           # Every image of each source's digits (--num_train=-1); sizes below are the counts.
+           "num_train_all": num_train == -1,
+           "subset_sizes": _subset_sizes(cols, results),
            "recipe": {"widths": list(cols[0][1].model.widths),
                       "epochs": cols[0][1].num_epochs, "batch": cols[0][1].batch_size,
                       "learning_rate": cols[0][1].learning_rate,
@@ -176,6 +180,23 @@ def run_table(table: str, workdir: str, *, seeds: int = 5, tiny: bool = False,
     print(f"{table}: {len(runs)} runs in {wall:.1f} s -> {paths['md']}", flush=True)
   with open(paths["json"], encoding="utf-8") as f:
     return json.load(f)
+
+
+def _subset_sizes(cols, results: list) -> dict:
+  """{column: [(source, training, validation images)]}: the configs' sizes, or where a config
+  asks for all available (-1), the count its first run held."""
+  held = {}
+  for r in results:
+    held.setdefault(r["setting"], r.get("source_sizes", {}))
+  out = {}
+  for name, c in cols:
+    out[name] = []
+    for s in c.data.sources:
+      n_train, n_val = s["num_train"], s["num_validation"]
+      if min(n_train, n_val) < 0:
+        n_train, n_val = held[name][s["name"]]
+      out[name].append((s["name"], int(n_train), int(n_val)))
+  return out
 
 
 # ------------------------------------------------------------------------------------------------
@@ -345,7 +366,8 @@ def _define_flags() -> None:
                     "stack runs of a group with vmap (auto: on accelerators, narrow models only)")
   flags.DEFINE_integer("epochs", None, "override the recipe's epochs")
   flags.DEFINE_integer("num_train", None,
-                       "override every source's training size (validation: half of it)")
+                       "override every source's training size (validation: half of it; "
+                       "-1: every image of the source's digits, for both)")
   flags.DEFINE_list("only", None, "run only these columns (a part of the table; see --merge)")
   flags.DEFINE_list("merge", None, "join these part folders (written with --only) into "
                     "--workdir's table; no training")

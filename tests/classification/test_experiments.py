@@ -28,6 +28,28 @@ def test_odd_even_tiny_table_files(tmp_path):
   assert len(runs) == 6 and all(1 <= r["best_epoch"] <= 2 for r in runs)
 
 
+def test_all_images_per_source_records_the_counts(tmp_path):
+  """--num_train=-1 trains each source on every image of its digits; the table states counts."""
+  idx = write_fake_mnist(tmp_path / "idx", num_train=10300, num_test=100)
+  out = tables.run_table("odd_even", str(tmp_path / "w"), seeds=1, tiny=True, num_train=-1,
+                         data_path=str(idx), verbose=False, only=["D0"])
+  labels = _idx_labels(idx / "train-labels-idx1-ubyte")
+  train, val = labels[:300], labels[300:]
+  odd = lambda y: int(np.sum(y % 2 == 1))
+  assert out["num_train_all"] is True
+  assert out["subset_sizes"] == {"D0": [("D0", odd(train), odd(val))]}
+  runs = json.loads((tmp_path / "w" / "odd_even_runs.json").read_text())
+  assert runs[0]["source_sizes"] == {"D0": [odd(train), odd(val)]}
+  with pytest.raises(ValueError, match="num_train"):
+    tables.run_table("odd_even", str(tmp_path / "x"), seeds=1, tiny=True, num_train=0)
+
+
+def _idx_labels(path):
+  raw = path.read_bytes() if path.exists() else __import__("gzip").decompress(
+      path.with_name(path.name + ".gz").read_bytes())
+  return np.frombuffer(raw[8:], np.uint8).astype(np.int64)
+
+
 def test_example2_analysis_by_hand():
   cols = None
   results = [{"setting": "only 8", "seed": s, "test_auc": {"8": 0.9}} for s in (0, 1)]

@@ -104,7 +104,8 @@ def test_size_sweep_report(tmp_path):
     d.mkdir()
     (d / "odd_even_runs.json").write_text(json.dumps(fake_odd_even_runs(gain=gain)))
     (d / "odd_even.json").write_text(json.dumps(
-        {"subset_sizes": {"D0": [["D0", n, n // 2]]}, "recipe": {"epochs": 8}}))
+        {"subset_sizes": {"D0": [["D0", n, n // 2]], "D1": [["D1", n, n // 2]]},
+         "recipe": {"epochs": 8}}))
   out = size_sweep.write_report(str(tmp_path), [str(tmp_path / "n1000"), str(tmp_path / "n100"),
                                                 str(tmp_path / "missing")])
   rows = out["rows"]
@@ -113,6 +114,28 @@ def test_size_sweep_report(tmp_path):
   assert rows[0]["gain_over_D0"]["mean"] == pytest.approx(whole["mean"])
   assert (tmp_path / "size_sweep.png").stat().st_size > 0
   assert "| 100 | 8 | 6 |" in (tmp_path / "size_sweep.md").read_text()
+
+
+def test_size_sweep_whole_set_row(tmp_path):
+  d = tmp_path / "nall"
+  d.mkdir()
+  (d / "odd_even_runs.json").write_text(json.dumps(fake_odd_even_runs()))
+  (d / "odd_even.json").write_text(json.dumps(
+      {"subset_sizes": {"D0": [["D0", 25445, 5055]], "D1": [["D1", 24555, 4945]]},
+       "recipe": {"epochs": 3}, "num_train_all": True}))
+  rows = size_sweep.write_report(str(tmp_path), [str(d)])["rows"]
+  assert rows[0]["all"] and rows[0]["num_train"] == 25445
+  assert "| all: 25,445 (D0) / 24,555 (D1) | 3 | 6 |" in (tmp_path / "size_sweep.md").read_text()
+
+
+def test_size_sweep_sizes_flag():
+  assert size_sweep.parse_sizes("100, 3000,all") == [100, 3000, -1]
+  assert size_sweep.epochs_for(-1) == size_sweep.ALL_EPOCHS
+  assert size_sweep.epochs_for(100) == tables.sweep_epochs(100)
+  assert size_sweep.folder_for("w", -1) == "w/nall" and size_sweep.folder_for("w", 30) == "w/n30"
+  for bad in ("0", "-5", "lots"):
+    with pytest.raises(ValueError, match="--sizes"):
+      size_sweep.parse_sizes(bad)
 
 
 def test_merge_joins_table_parts(tmp_path):

@@ -27,11 +27,12 @@ from dassemble_jax import atomic
 from dassemble_jax.classification import paired_report
 from dassemble_jax.jobs import tables
 
-# Epochs at the whole set (about 25,000 training images per source): 3 epochs are about 75,000
-# images seen per source, ten times what the stated sizes see (tables.sweep_epochs keeps at least
-# 8 epochs, which would be 200,000 here and about an hour of a 2-core CPU per seed); the
-# validation curves (nall/odd_even_curves.png) show whether that is enough.
-ALL_EPOCHS = 3
+# Epochs at the whole set (about 25,000 training images per source): 2 epochs are about 50,000
+# images seen per source, twice what 3,000 per source sees in its 8 epochs, whose validation
+# curves are flat from the 6th (n3000/odd_even.md). tables.sweep_epochs keeps at least 8, which
+# here would be 200,000 images, about an hour of a 2-core CPU per seed; the whole set's own
+# curves (nall/odd_even_curves.png) show whether 2 are enough.
+ALL_EPOCHS = 2
 
 
 def _load(folder: str) -> tuple[list, dict] | None:

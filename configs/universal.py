@@ -18,14 +18,14 @@ is meant to take <= 15 minutes on 2 idle CPU cores (see benchmarks/universal_ste
 took on the shared, loaded machine).
 ':tiny': the same code path in seconds (16^3 crops, base width 2, 3 steps): used by the tests.
 ':small': the default's sources, case counts and class codes on the tiny volumes and model, 60
-steps per single-source model (the stored seed study: results/universal_default/README.md).
+steps per single-source model (a first, cheaper seed study: results/universal_default/small/).
 ':full': the anchor's sizes (1.5 mm, 96^3 crops, U-Net 64..512 or Swin UNETR f=48, MiniLM text
 codes, AdamW 1e-4, batch 2 per device) for an accelerator; point `data.shard_dirs` at converted
 real datasets (`python -m dassemble_jax.ct.convert`), or keep the phantom.
 Append ',swin' to use Swin UNETR (e.g. 'full,swin').
 ':seeds': the default job once per seed 0 to 4 (DIR/seed_<s>), then the comparison across seeds
-with its paired tests (DIR/seeds.{txt,json}); results/universal_default/ holds the stored one,
-whose verdicts the default run prints after its own table.
+with its paired tests (DIR/seeds.{txt,json}); results/universal_default/ holds the stored one
+(seeds.json), whose verdicts the default run prints after its own table.
 """
 
 import ml_collections

@@ -171,7 +171,10 @@ def write_report(workdir: str, folders: list[str]) -> dict:
 def main(argv):
   del argv
   f = flags.FLAGS
-  sizes = parse_sizes(f.sizes)
+  try:
+    sizes = parse_sizes(f.sizes)
+  except ValueError as e:
+    raise SystemExit(f"error: {e}") from None
   folders = [folder_for(f.workdir, n) for n in sizes]
   if not f.report_only:
     for n, folder in zip(sizes, folders):

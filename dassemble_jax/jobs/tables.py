@@ -90,11 +90,13 @@ def settings(table: str, *, tiny: bool = False, data_path: str | None = None,
             for name, s in (("D0", "D0"), ("D1", "D1"), ("D0+D1 partial", "partial"),
                             ("+ semi-supervised", "semi"), ("fully labelled", "full"))]
   if table == "semi_ablation":
-    # The overlap table's semi-supervised setting with one of its two terms switched off.
+    # The overlap table's semi-supervised setting with one of its two terms switched off, and
+    # the consistency term alone at a quarter of its weight (does the damage scale with it?).
     cols = []
     for name, s, pseudo, consistency in (("D0+D1 partial", "partial", None, None),
                                          ("pseudo-label term only", "semi", 1.0, 0.0),
-                                         ("consistency term only", "semi", 0.0, 1.0)):
+                                         ("consistency term only", "semi", 0.0, 1.0),
+                                         ("consistency term at 1/4 weight", "semi", 0.0, 0.25)):
       c = _mnist(experiments.mnist_overlap(s + suffix), tiny, data_path)
       if pseudo is not None:
         c.semisup.pseudo_weight, c.semisup.consistency_weight = pseudo, consistency

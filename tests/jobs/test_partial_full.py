@@ -73,20 +73,27 @@ def test_run_tables_the_seeds_and_refuses_a_seed_made_otherwise(tmp_path, monkey
     partial_full.run(c, str(tmp_path / "w"))
 
 
-def test_stored_study_and_readme_are_recomputed_from_the_seed_results():
-  """results/seg_partial_vs_full: the table recomputed from each seed's result.json equals the
-  stored one, and README.md shows its lines."""
+@pytest.mark.parametrize("folder,variant", [("", ""), ("small", ":small")])
+def test_stored_study_and_readme_are_recomputed_from_the_seed_results(folder, variant):
+  """results/seg_partial_vs_full (the default) and its small/ (':small'): the table recomputed
+  from each seed's result.json equals the stored one, the study ran its config's settings, and
+  README.md (the default) and the folder's README.md (both) show its lines."""
   root = pathlib.Path(__file__).resolve().parents[2]
-  res = root / "results" / "seg_partial_vs_full"
+  res = root / "results" / "seg_partial_vs_full" / folder
   stored = json.loads((res / partial_full.TABLE_FILE).read_text())
   assert len(stored["seeds"]) >= 5
   per_seed = {s: json.loads((res / f"seed_{s}" / partial_full.RESULT_FILE).read_text())
               for s in stored["seeds"]}
+  config = seg_partial_vs_full.get_config(variant.lstrip(":") or None)
+  assert stored["settings"] == partial_full.settings(config)
   for r in per_seed.values():
     assert r["settings"] == stored["settings"]
   table = seed_study.partial_full_table(per_seed, stored["classes"])
   assert table["text"] == stored["text"]
   assert (res / "partial_full.txt").read_text() == stored["text"] + "\n"
-  readme = (root / "README.md").read_text().splitlines()
-  missing = [ln for ln in table["text"].splitlines() if ln.strip() and ln not in readme]
-  assert not missing, f"README.md lacks these lines of the stored table: {missing[:3]}"
+  docs = [root / "results" / "seg_partial_vs_full" / "README.md"]
+  docs += [root / "README.md"] if not folder else []
+  for doc in docs:
+    lines = doc.read_text().splitlines()
+    missing = [ln for ln in table["text"].splitlines() if ln.strip() and ln not in lines]
+    assert not missing, f"{doc} lacks these lines of the stored table: {missing[:3]}"

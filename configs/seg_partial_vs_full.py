@@ -13,7 +13,8 @@ each model gets `num_steps` = 300 (the universal job's single-source budget is 1
 budget a model labelled with the BTCV-like source's 13 classes learns the liver only, see
 results/universal_default/, and so would both models here).
 ':small': the universal config's ':small' sizes (6 mm, 16^3 crops, base width 2; 60 steps per
-model): the stored study (results/seg_partial_vs_full/README.md).
+model): a first, cheaper study (results/seg_partial_vs_full/small/). The default's stored study:
+results/seg_partial_vs_full/README.md.
 ':tiny': the same code path in seconds (tests/jobs/test_partial_full.py).
 """
 

@@ -34,8 +34,8 @@ def test_seed_study_runs_each_seed_once_and_a_run_prints_its_verdicts(tmp_path, 
 
   monkeypatch.setattr(universal_job, "run", fake_run)
   table = universal_job.run(config, str(tmp_path / "study"))
-  assert calls == [0, 1, 2]
-  assert table["comparisons"]["src_a"]["liver"]["diff"] == pytest.approx([0.1] * 3)
+  assert calls == [0, 1, 2, 3, 4]
+  assert table["comparisons"]["src_a"]["liver"]["diff"] == pytest.approx([0.1] * 5)
   assert table["comparisons"]["src_a"]["liver"]["verdict"] == "better"
   assert table["comparisons"]["src_b"]["spleen"]["verdict"] == "undecided"
   stored = tmp_path / "study" / universal_job.SEEDS_FILE
@@ -43,7 +43,7 @@ def test_seed_study_runs_each_seed_once_and_a_run_prints_its_verdicts(tmp_path, 
   assert (tmp_path / "study" / "seeds.txt").read_text() == table["text"] + "\n"
   # A rerun reads the per-seed results instead of training again.
   assert universal_job.run(config, str(tmp_path / "study"))["text"] == table["text"]
-  assert calls == [0, 1, 2]
+  assert calls == [0, 1, 2, 3, 4]
 
   # A single run with the same settings names what held across the stored seeds.
   single = universal.get_config()

@@ -159,3 +159,31 @@ def test_merge_joins_table_parts(tmp_path):
   assert paired_report.markdown(paired_report.table_comparisons("odd_even", runs)) in md
   with pytest.raises(SystemExit, match="error: .*missing"):
     tables.merge("odd_even", [str(tmp_path / "missing")], str(tmp_path / "w2"))
+
+
+def test_tables_whose_curves_were_still_rising_run_longer():
+  """overlap, its semi-supervised ablation and Example II run LONGER_EPOCHS; the rest 15."""
+  epochs = {t: {c.num_epochs for _, c in tables.settings(t)}
+            for t in ("odd_even", "overlap", "semi_ablation", "zero", "example2")}
+  assert epochs == {"odd_even": {tables.MNIST_EPOCHS}, "overlap": {tables.LONGER_EPOCHS},
+                    "semi_ablation": {tables.LONGER_EPOCHS}, "zero": {tables.MNIST_EPOCHS},
+                    "example2": {tables.LONGER_EPOCHS}}
+  assert tables.LONGER_EPOCHS == 2 * tables.MNIST_EPOCHS
+  # The semi-supervised ramp follows the table's epochs (it is a reference to num_epochs).
+  semi = dict(tables.settings("overlap"))["+ semi-supervised"]
+  ramp = semi.semisup.rampup_steps
+  semi.num_epochs = tables.MNIST_EPOCHS
+  assert ramp > 0 and abs(semi.semisup.rampup_steps * 2 - ramp) <= 1  # integer division
+  # The :tiny configs keep their own few epochs.
+  assert {c.num_epochs for _, c in tables.settings("overlap", tiny=True)} == {2}
+
+
+def test_semi_ablation_compares_only_the_settings_it_ran():
+  two = paired_report.comparisons("semi_ablation", ["D0+D1 partial", "pseudo-label term only",
+                                                    "consistency term only"])
+  assert [(c["a"], c["b"]) for c in two] == [("pseudo-label term only", "D0+D1 partial"),
+                                             ("consistency term only", "D0+D1 partial")]
+  four = paired_report.comparisons("semi_ablation", [name for name, _ in
+                                                     tables.settings("semi_ablation")])
+  assert ("consistency term at 1/4 weight", "consistency term only") in [
+      (c["a"], c["b"]) for c in four] and len(four) == 4

@@ -23,7 +23,7 @@ import os
 import numpy as np
 from absl import app, flags
 
-from dassemble_jax import atomic
+from dassemble_jax import atomic, cli
 from dassemble_jax.classification import paired_report
 from dassemble_jax.jobs import tables
 
@@ -68,7 +68,7 @@ def parse_sizes(text: str) -> list[int]:
     elif part.isdigit() and int(part) > 0:
       sizes.append(int(part))
     else:
-      raise ValueError(f"--sizes: {part!r} is not a positive number of images or 'all'")
+      raise cli.ConfigError(f"--sizes: {part!r} is not a positive number of images or 'all'")
   return sizes
 
 
@@ -171,10 +171,7 @@ def write_report(workdir: str, folders: list[str]) -> dict:
 def main(argv):
   del argv
   f = flags.FLAGS
-  try:
-    sizes = parse_sizes(f.sizes)
-  except ValueError as e:
-    raise SystemExit(f"error: {e}") from None
+  sizes = parse_sizes(f.sizes)
   folders = [folder_for(f.workdir, n) for n in sizes]
   if not f.report_only:
     for n, folder in zip(sizes, folders):
@@ -197,4 +194,4 @@ def _define_flags() -> None:
 
 if __name__ == "__main__":
   _define_flags()
-  app.run(main)
+  app.run(lambda argv: cli.run_main(main, argv))

@@ -24,7 +24,7 @@ from collections.abc import Sequence
 import jax
 from absl import app, flags
 
-from dassemble_jax import atomic
+from dassemble_jax import atomic, cli
 from dassemble_jax.classification import (
   example2,
   experiments,
@@ -145,14 +145,14 @@ def run_table(table: str, workdir: str, *, seeds: int = 5, tiny: bool = False,
   {table}_part.json, and `merge` joins the parts into the table.
   """
   if seeds < 1:
-    raise ValueError(f"--seeds must be >= 1, got {seeds}")
+    raise cli.ConfigError(f"--seeds must be >= 1, got {seeds}")
   if num_train is not None and (num_train == 0 or num_train < -1):
-    raise ValueError(f"--num_train must be positive or -1 (all), got {num_train}")
+    raise cli.ConfigError(f"--num_train must be positive or -1 (all), got {num_train}")
   cols = settings(table, tiny=tiny, data_path=data_path, interest=interest)
   if only:
     unknown = set(only) - {name for name, _ in cols}
     if unknown:
-      raise ValueError(f"--only: {sorted(unknown)} are not columns of {table}")
+      raise cli.ConfigError(f"--only: {sorted(unknown)} are not columns of {table}")
     cols = [(name, c) for name, c in cols if name in only]
   for _, c in cols:
     if num_train is not None:
@@ -394,4 +394,4 @@ def _define_flags() -> None:
 
 if __name__ == "__main__":
   _define_flags()
-  app.run(main)
+  app.run(lambda argv: cli.run_main(main, argv))

@@ -1,6 +1,8 @@
 """Paired comparisons of a table's runs, its report and the size sweep, on hand-made runs."""
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -187,3 +189,19 @@ def test_semi_ablation_compares_only_the_settings_it_ran():
                                                      tables.settings("semi_ablation")])
   assert ("consistency term at 1/4 weight", "consistency term only") in [
       (c["a"], c["b"]) for c in four] and len(four) == 4
+
+
+@pytest.mark.parametrize("args,message", [
+    (["dassemble_jax.jobs.size_sweep", "--sizes=100,lots"],
+     "error: --sizes: 'lots' is not a positive number of images or 'all'"),
+    (["dassemble_jax.jobs.tables", "--table=odd_even", "--num_train=0"],
+     "error: --num_train must be positive or -1 (all), got 0"),
+    (["dassemble_jax.jobs.tables", "--table=overlap", "--only=D9"],
+     "error: --only: ['D9'] are not columns of overlap"),
+])
+def test_bad_flags_are_one_line_errors(tmp_path, args, message):
+  out = subprocess.run([sys.executable, "-m", *args, f"--workdir={tmp_path / 'w'}"],
+                       capture_output=True, text=True, timeout=300, check=False)
+  assert out.returncode == 1
+  assert out.stderr.strip().splitlines() == [message]
+  assert not (tmp_path / "w").exists()

@@ -52,11 +52,6 @@ def _size_of(meta: dict) -> int:
   return int(meta["subset_sizes"]["D0"][0][1])
 
 
-def _is_all(meta: dict) -> bool:
-  """Whether the table ran every image of each source's digits (--num_train=-1)."""
-  return bool(meta.get("num_train_all", False))
-
-
 def parse_sizes(text: str) -> list[int]:
   """'100,300,all' -> [100, 300, -1] (-1: every image of the source's digits)."""
   sizes = []
@@ -89,8 +84,10 @@ def summarise(folders: list[str]) -> list[dict]:
     if loaded is None:
       continue
     runs, meta = loaded
-    row = {"num_train": _size_of(meta), "all": _is_all(meta), "folder": folder,
-           "epochs": meta["recipe"]["epochs"], "seeds": len({r["seed"] for r in runs}),
+    # "all": the table ran every image of each source's digits (--num_train=-1).
+    row = {"num_train": _size_of(meta), "all": bool(meta.get("num_train_all", False)),
+           "folder": folder, "epochs": meta["recipe"]["epochs"],
+           "seeds": len({r["seed"] for r in runs}),
            "num_train_D1": int(meta["subset_sizes"]["D1"][0][1])}
     for c in paired_report.comparisons("odd_even", []):
       whole = paired_report.compare(runs, c["a"], c["b"], c["classes"])[-1]

@@ -7,6 +7,7 @@ import pytest
 import scipy.stats
 
 from dassemble_jax.classification import example2, table_report
+from dassemble_jax.data import mnist
 from dassemble_jax.jobs import tables
 from tests.fake_cifar import write_cifar_pickles
 from tests.fake_mnist import write_fake_mnist
@@ -33,8 +34,8 @@ def test_all_images_per_source_records_the_counts(tmp_path):
   idx = write_fake_mnist(tmp_path / "idx", num_train=10300, num_test=100)
   out = tables.run_table("odd_even", str(tmp_path / "w"), seeds=1, tiny=True, num_train=-1,
                          data_path=str(idx), verbose=False, only=["D0"])
-  labels = _idx_labels(idx / "train-labels-idx1-ubyte")
-  train, val = labels[:300], labels[300:]
+  raw = mnist.load_mnist_idx(idx)
+  train, val = raw["train"][1], raw["validation"][1]
   odd = lambda y: int(np.sum(y % 2 == 1))
   assert out["num_train_all"] is True
   assert out["subset_sizes"] == {"D0": [("D0", odd(train), odd(val))]}
@@ -42,12 +43,6 @@ def test_all_images_per_source_records_the_counts(tmp_path):
   assert runs[0]["source_sizes"] == {"D0": [odd(train), odd(val)]}
   with pytest.raises(ValueError, match="num_train"):
     tables.run_table("odd_even", str(tmp_path / "x"), seeds=1, tiny=True, num_train=0)
-
-
-def _idx_labels(path):
-  raw = path.read_bytes() if path.exists() else __import__("gzip").decompress(
-      path.with_name(path.name + ".gz").read_bytes())
-  return np.frombuffer(raw[8:], np.uint8).astype(np.int64)
 
 
 def test_example2_analysis_by_hand():
